@@ -1,0 +1,22 @@
+//! peerkeep-registry: the etcd schema of peerkeep and everything that reads or writes it.
+//!
+//! This crate is the only place that knows etcd keys and the record encoding. Agents and the load
+//! balancer see typed values — [`NodeId`], [`Endpoint`], [`NodeRecord`], [`MembershipSnapshot`] —
+//! never raw keys or JSON, so that nothing read from etcd reaches a config file or a command line
+//! without having passed [`NodeRecord::parse`] and the [`AddressPolicy`].
+//!
+//! - [`names`], [`endpoint`], [`record`]: typed values whose constructors enforce the schema.
+//! - [`keys`]: the key layout.
+//! - [`view`]: a validated snapshot of one cluster, plain data.
+
+pub mod endpoint;
+pub mod keys;
+pub mod names;
+pub mod record;
+pub mod view;
+
+pub use endpoint::{AddressPolicy, AddressRejected, Endpoint, EndpointError};
+pub use keys::{DEFAULT_PREFIX, Keyspace};
+pub use names::{ClusterName, EndpointName, NameError, NodeId, Slot};
+pub use record::{MAX_RECORD_BYTES, NodeRecord, NodeState, RecordError};
+pub use view::{MembershipSnapshot, SkippedRecord};

@@ -1,0 +1,21 @@
+//! peerkeep-tests: the harness for tests that start real processes.
+//!
+//! Every fixture here starts a real program (etcd, haproxy, litecoind, devnode, the project's
+//! binaries) on free loopback ports inside a temporary directory, and kills it when dropped —
+//! also when the test panics. As a last line of defence against a test process that is killed
+//! outright, children are started with `PR_SET_PDEATHSIG` so the kernel kills them when the test
+//! thread that started them exits.
+//!
+//! - [`etcd`]: a single-member etcd that can be stopped, restarted, paused and resumed.
+//! - [`proxy`]: a TCP proxy that can cut one client off from a server.
+//! - [`wait`]: `eventually(deadline, condition)` instead of sleeps.
+//! - [`proc`]: free ports, spawning with a death signal, binary paths.
+
+pub mod etcd;
+pub mod proc;
+pub mod proxy;
+pub mod wait;
+
+pub use etcd::Etcd;
+pub use proxy::TcpProxy;
+pub use wait::{eventually, eventually_async};
