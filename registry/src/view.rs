@@ -4,7 +4,7 @@
 //! plan, the load balancer's model — can be tested by building snapshots by hand. The watcher in
 //! [`crate::membership`] publishes a new snapshot for every applied revision.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, SystemTime};
 
 use crate::endpoint::AddressPolicy;
@@ -29,6 +29,8 @@ pub struct MembershipSnapshot {
     pub revision: i64,
     /// Set while the watch is broken: the view is the last one known, since this moment.
     pub stale_since: Option<SystemTime>,
+    /// Nodes whose operator control key asks them to drain (`peerkeep drain`).
+    pub drain_requested: BTreeSet<NodeId>,
     /// Records currently present in etcd but skipped as invalid or refused by the policy.
     pub skipped: Vec<SkippedRecord>,
     /// Invalid records seen since the view started (counted once per key and revision).
