@@ -1,0 +1,263 @@
+//! `plan`: the peer keeper's decision, a pure function with no I/O.
+//!
+//! Inputs: the peers the daemon reports, the membership view, the parameters and the keeper's
+//! memory. Output: connects and disconnects, each with its reason, plus the inputs it used (for
+//! `/status` and the logs). The rules are DESIGN.md's "Peer keeper" and "Disconnect only what
+//! asked to go"; the tests at the bottom are the table of those rules.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use peerkeep_registry::{Endpoint, MembershipSnapshot, NodeId, NodeRecord, NodeState};
+use serde::Serialize;
+
+use super::rank::weight;
+use super::state::KeeperState;
+
+/// Record labels whose value is a daemon-level peer identity (geth's enode id, for example).
+pub const IDENTITY_LABELS: [&str; 2] = ["identity", "enode"];
+
+/// Which side opened a connection, when the daemon says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PeerDirection {
+    /// The peer dialed us.
+    Inbound,
+    /// We dialed the peer.
+    Outbound,
+}
+
+/// One peer as the daemon reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObservedPeer {
+    /// The peer's address as the daemon lists it.
+    pub addr: SocketAddr,
+    /// Connection direction, if known.
+    pub direction: Option<PeerDirection>,
+    /// Daemon-level identity (a node id in a user agent, an enode id), if known.
+    pub identity: Option<String>,
+}
+
+/// The keeper's parameters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlanParams {
+    /// This node's id (never its own candidate).
+    pub own_id: NodeId,
+    /// K: the degree to reach.
+    pub min_peers: usize,
+    /// The degree above which peers are trimmed.
+    pub max_peers: usize,
+    /// Also disconnect peers that map to no record (only with a fresh view).
+    pub strict_peers: bool,
+}
+
+/// Why a peer is disconnected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DisconnectReason {
+    /// Its record says `draining`.
+    Draining,
+    /// The degree is above `--max-peers`.
+    AboveMax,
+    /// `--strict-peers` and it maps to no record.
+    Unregistered,
+}
+
+/// One thing to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Dial a candidate at its `p2p` endpoint.
+    Connect {
+        /// The candidate.
+        id: NodeId,
+        /// Its advertised address.
+        addr: Endpoint,
+    },
+    /// Drop a connected peer.
+    Disconnect {
+        /// The address the daemon listed.
+        addr: SocketAddr,
+        /// The record it maps to, if any.
+        id: Option<NodeId>,
+        /// Why.
+        reason: DisconnectReason,
+    },
+}
+
+/// The decision and the inputs behind it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Plan {
+    /// What to do, disconnects first.
+    pub actions: Vec<Action>,
+    /// Peers the daemon reports (inbound included, duplicates by address removed).
+    pub degree: usize,
+    /// Connects issued earlier and not yet confirmed.
+    pub in_flight: usize,
+    /// Eligible candidates, best first.
+    pub candidates: Vec<NodeId>,
+    /// Connected peers mapped to records, by id.
+    pub mapped: BTreeMap<NodeId, SocketAddr>,
+    /// Connected peers that map to no record.
+    pub unmapped: usize,
+}
+
+/// Decides which peers to connect and disconnect.
+///
+/// - the degree counts every distinct peer the daemon reports, inbound included;
+/// - a peer maps to a record when its address is the record's `p2p` endpoint or its identity is
+///   the record's id or identity label;
+/// - candidates are peerable records (`starting`/`ready`) with a `p2p` endpoint, not ourselves,
+///   not connected, not pending, not backing off, best rendezvous weight first; at most
+///   `K − degree − in_flight` of them are dialed;
+/// - only peers whose record is `draining` are disconnected, plus the lowest-ranked ones above
+///   `max_peers` (outbound first), plus, with `strict_peers` and a fresh view, unmapped ones;
+///   unmapped peers are otherwise left alone, and a vanished record is just no candidate.
+pub fn plan(
+    observed: &[ObservedPeer],
+    view: &MembershipSnapshot,
+    params: &PlanParams,
+    state: &KeeperState,
+    now: Instant,
+) -> Plan {
+    let index = RecordIndex::new(view);
+    let mut seen = BTreeSet::new();
+    let peers: Vec<&ObservedPeer> = observed.iter().filter(|p| seen.insert(p.addr)).collect();
+
+    let mut out = Plan {
+        degree: peers.len(),
+        ..Plan::default()
+    };
+    let mut keep: Vec<(&ObservedPeer, Option<&NodeRecord>)> = Vec::new();
+    for peer in &peers {
+        let record = index.lookup(peer);
+        match record {
+            Some(r) if r.id == params.own_id => {}
+            Some(r) => {
+                out.mapped.insert(r.id.clone(), peer.addr);
+            }
+            None => out.unmapped += 1,
+        }
+        let reason = match record {
+            Some(r) if r.state == NodeState::Draining && r.id != params.own_id => {
+                Some(DisconnectReason::Draining)
+            }
+            None if params.strict_peers && view.initialized && view.stale_since.is_none() => {
+                Some(DisconnectReason::Unregistered)
+            }
+            _ => None,
+        };
+        match reason {
+            Some(reason) => out.actions.push(Action::Disconnect {
+                addr: peer.addr,
+                id: record.map(|r| r.id.clone()),
+                reason,
+            }),
+            None => keep.push((peer, record)),
+        }
+    }
+
+    trim_above_max(&mut keep, params, &mut out.actions);
+    let remaining = keep.len();
+
+    out.in_flight = state.pending.len();
+    out.candidates = view
+        .peerable()
+        .filter(|r| r.id != params.own_id)
+        .filter(|r| r.p2p().is_some())
+        .filter(|r| !out.mapped.contains_key(&r.id))
+        .filter(|r| !state.pending.contains_key(&r.id))
+        .filter(|r| !state.is_backing_off(&r.id, now))
+        .map(|r| r.id.clone())
+        .collect();
+    out.candidates
+        .sort_by_key(|c| std::cmp::Reverse(weight(&params.own_id, c)));
+
+    let want = params.min_peers.saturating_sub(remaining + out.in_flight);
+    for id in out.candidates.iter().take(want) {
+        if let Some(addr) = view.records.get(id).and_then(NodeRecord::p2p) {
+            out.actions.push(Action::Connect {
+                id: id.clone(),
+                addr,
+            });
+        }
+    }
+    out
+}
+
+/// Above `max_peers`, drops the lowest-ranked mapped peers, outbound before the rest; unmapped
+/// peers are not ours to judge and stay.
+fn trim_above_max(
+    keep: &mut Vec<(&ObservedPeer, Option<&NodeRecord>)>,
+    params: &PlanParams,
+    actions: &mut Vec<Action>,
+) {
+    if keep.len() <= params.max_peers {
+        return;
+    }
+    let mut trimmable: Vec<(usize, bool, u64)> = keep
+        .iter()
+        .enumerate()
+        .filter_map(|(i, (peer, rec))| {
+            let rec = (*rec)?;
+            let inbound_last = peer.direction != Some(PeerDirection::Outbound);
+            Some((i, inbound_last, weight(&params.own_id, &rec.id)))
+        })
+        .collect();
+    // Outbound first (false sorts before true), then lowest weight.
+    trimmable.sort_by_key(|&(_, inbound, w)| (inbound, w));
+    let excess = keep.len() - params.max_peers;
+    let mut drop: Vec<usize> = trimmable.iter().take(excess).map(|&(i, _, _)| i).collect();
+    drop.sort_unstable_by(|a, b| b.cmp(a));
+    for i in drop {
+        let (peer, rec) = keep.remove(i);
+        actions.push(Action::Disconnect {
+            addr: peer.addr,
+            id: rec.map(|r| r.id.clone()),
+            reason: DisconnectReason::AboveMax,
+        });
+    }
+}
+
+/// Maps daemon peers to records by `p2p` address or identity.
+struct RecordIndex<'v> {
+    by_addr: BTreeMap<SocketAddr, &'v NodeRecord>,
+    by_identity: BTreeMap<&'v str, &'v NodeRecord>,
+}
+
+impl<'v> RecordIndex<'v> {
+    fn new(view: &'v MembershipSnapshot) -> Self {
+        let mut by_addr = BTreeMap::new();
+        let mut by_identity = BTreeMap::new();
+        for r in view.records.values() {
+            if let Some(p2p) = r.p2p() {
+                by_addr.insert(p2p.addr(), r);
+            }
+            by_identity.insert(r.id.as_str(), r);
+            for key in IDENTITY_LABELS {
+                if let Some(v) = r.labels.get(key) {
+                    by_identity.insert(v.as_str(), r);
+                }
+            }
+        }
+        Self {
+            by_addr,
+            by_identity,
+        }
+    }
+
+    fn lookup(&self, peer: &ObservedPeer) -> Option<&'v NodeRecord> {
+        self.by_addr
+            .get(&peer.addr)
+            .or_else(|| {
+                peer.identity
+                    .as_deref()
+                    .and_then(|i| self.by_identity.get(i))
+            })
+            .copied()
+    }
+}
+
+#[cfg(test)]
+#[path = "plan_tests.rs"]
+mod tests;

@@ -1,0 +1,360 @@
+//! The rules of `plan`, one table row per rule.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant, SystemTime};
+
+use peerkeep_registry::{AddressPolicy, MembershipSnapshot, NodeId, NodeRecord, NodeState, Slot};
+
+use super::*;
+use crate::keeper::state::KeeperState;
+
+fn id(s: &str) -> NodeId {
+    s.parse().expect("valid id")
+}
+
+fn addr(n: u8) -> SocketAddr {
+    SocketAddr::from(([10, 0, 0, n], 3000))
+}
+
+fn record(name: &str, n: u8, state: NodeState) -> NodeRecord {
+    NodeRecord {
+        id: id(name),
+        state,
+        endpoints: BTreeMap::from([(
+            "p2p".parse().expect("valid"),
+            addr(n).to_string().parse().expect("valid"),
+        )]),
+        slot: Slot::new(u32::from(n)).expect("valid"),
+        instance: "i".into(),
+        version: String::new(),
+        started_at: String::new(),
+        labels: BTreeMap::new(),
+    }
+}
+
+/// `me` is 10.0.0.1; `n1..` are 10.0.0.2.. in the given states.
+fn view(states: &[NodeState]) -> MembershipSnapshot {
+    let mut records = vec![record("me", 1, NodeState::Ready)];
+    for (i, s) in states.iter().enumerate() {
+        let n = u8::try_from(i + 2).expect("small");
+        records.push(record(&format!("n{}", i + 1), n, *s));
+    }
+    MembershipSnapshot::from_records(records, 10, AddressPolicy::default())
+}
+
+fn peer(n: u8, dir: Option<PeerDirection>) -> ObservedPeer {
+    ObservedPeer {
+        addr: addr(n),
+        direction: dir,
+        identity: None,
+    }
+}
+
+fn params(k: usize, max: usize) -> PlanParams {
+    PlanParams {
+        own_id: id("me"),
+        min_peers: k,
+        max_peers: max,
+        strict_peers: false,
+    }
+}
+
+fn connects(p: &Plan) -> Vec<String> {
+    p.actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Connect { id, .. } => Some(id.to_string()),
+            Action::Disconnect { .. } => None,
+        })
+        .collect()
+}
+
+fn disconnects(p: &Plan) -> Vec<(SocketAddr, DisconnectReason)> {
+    p.actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Disconnect { addr, reason, .. } => Some((*addr, *reason)),
+            Action::Connect { .. } => None,
+        })
+        .collect()
+}
+
+use NodeState::{Draining, Ready, Starting};
+
+#[test]
+fn connects_up_to_k_from_ready_and_starting_records() {
+    let v = view(&[Ready, Starting, Ready, Ready, Draining]);
+    let p = plan(
+        &[],
+        &v,
+        &params(3, 6),
+        &KeeperState::default(),
+        Instant::now(),
+    );
+    assert_eq!(connects(&p).len(), 3);
+    assert!(
+        !connects(&p).contains(&"n5".to_string()),
+        "draining is no candidate"
+    );
+    assert!(!connects(&p).contains(&"me".to_string()), "never itself");
+    assert_eq!(p.candidates.len(), 4);
+}
+
+#[test]
+fn degree_counts_inbound_and_unmapped_peers() {
+    let v = view(&[Ready, Ready, Ready, Ready]);
+    let observed = [
+        peer(2, Some(PeerDirection::Inbound)),
+        ObservedPeer {
+            addr: SocketAddr::from(([192, 0, 2, 9], 1)),
+            direction: None,
+            identity: None,
+        },
+    ];
+    let p = plan(
+        &observed,
+        &v,
+        &params(3, 6),
+        &KeeperState::default(),
+        Instant::now(),
+    );
+    assert_eq!(p.degree, 2);
+    assert_eq!(p.unmapped, 1);
+    assert_eq!(connects(&p).len(), 1, "K − degree");
+    assert!(
+        !connects(&p).contains(&"n1".to_string()),
+        "already connected"
+    );
+}
+
+#[test]
+fn duplicate_listings_count_once() {
+    let v = view(&[Ready, Ready, Ready]);
+    let observed = [peer(2, None), peer(2, None)];
+    let p = plan(
+        &observed,
+        &v,
+        &params(3, 6),
+        &KeeperState::default(),
+        Instant::now(),
+    );
+    assert_eq!(p.degree, 1);
+    assert_eq!(connects(&p).len(), 2);
+}
+
+#[test]
+fn peers_map_by_identity_when_the_address_differs() {
+    let mut v = view(&[Ready, Ready]);
+    if let Some(r) = v.records.get_mut(&id("n2")) {
+        r.labels.insert("enode".into(), "abcdef".into());
+    }
+    let observed = [
+        ObservedPeer {
+            addr: SocketAddr::from(([10, 0, 0, 2], 51234)),
+            direction: Some(PeerDirection::Inbound),
+            identity: Some("n1".into()),
+        },
+        ObservedPeer {
+            addr: SocketAddr::from(([10, 0, 0, 3], 40000)),
+            direction: Some(PeerDirection::Inbound),
+            identity: Some("abcdef".into()),
+        },
+    ];
+    let p = plan(
+        &observed,
+        &v,
+        &params(3, 6),
+        &KeeperState::default(),
+        Instant::now(),
+    );
+    assert_eq!(
+        p.mapped.keys().map(|k| k.to_string()).collect::<Vec<_>>(),
+        ["n1", "n2"]
+    );
+    assert_eq!(p.unmapped, 0);
+}
+
+#[test]
+fn pending_connects_count_as_in_flight() {
+    let v = view(&[Ready, Ready, Ready, Ready]);
+    let now = Instant::now();
+    let mut st = KeeperState::default();
+    let target = v.records[&id("n1")].p2p().expect("p2p");
+    st.connect_started(id("n1"), target, now + Duration::from_secs(5));
+    st.connect_started(id("n2"), target, now + Duration::from_secs(5));
+    let p = plan(&[], &v, &params(3, 6), &st, now);
+    assert_eq!(p.in_flight, 2);
+    assert_eq!(connects(&p).len(), 1);
+    assert!(!connects(&p).contains(&"n1".to_string()));
+}
+
+#[test]
+fn backing_off_candidates_are_skipped() {
+    let v = view(&[Ready, Ready]);
+    let now = Instant::now();
+    let mut st = KeeperState::default();
+    st.record_failure(&id("n1"), now, 0.0);
+    let p = plan(&[], &v, &params(3, 6), &st, now);
+    assert_eq!(connects(&p), ["n2"]);
+    let later = plan(&[], &v, &params(3, 6), &st, now + Duration::from_secs(2));
+    assert_eq!(connects(&later).len(), 2);
+}
+
+#[test]
+fn only_draining_peers_are_disconnected() {
+    let v = view(&[Ready, Draining, Starting]);
+    let observed = [peer(2, None), peer(3, None), peer(4, None)];
+    let p = plan(
+        &observed,
+        &v,
+        &params(3, 6),
+        &KeeperState::default(),
+        Instant::now(),
+    );
+    assert_eq!(disconnects(&p), vec![(addr(3), DisconnectReason::Draining)]);
+}
+
+#[test]
+fn vanished_record_is_not_disconnected() {
+    // n1 is connected but its record is gone (dead, or cut off from etcd): leave it be.
+    let v = view(&[Ready, Ready]);
+    let observed = [peer(9, Some(PeerDirection::Outbound))];
+    let p = plan(
+        &observed,
+        &v,
+        &params(3, 6),
+        &KeeperState::default(),
+        Instant::now(),
+    );
+    assert!(disconnects(&p).is_empty());
+    assert_eq!(p.unmapped, 1);
+    assert_eq!(connects(&p).len(), 2);
+}
+
+#[test]
+fn strict_peers_disconnects_unmapped_only_with_a_fresh_view() {
+    let mut v = view(&[Ready]);
+    let observed = [peer(9, None), peer(2, None)];
+    let mut prm = params(1, 6);
+    prm.strict_peers = true;
+    let p = plan(&observed, &v, &prm, &KeeperState::default(), Instant::now());
+    assert_eq!(
+        disconnects(&p),
+        vec![(addr(9), DisconnectReason::Unregistered)]
+    );
+    v.stale_since = Some(SystemTime::now());
+    let stale = plan(&observed, &v, &prm, &KeeperState::default(), Instant::now());
+    assert!(
+        disconnects(&stale).is_empty(),
+        "etcd trouble must not look like no peers"
+    );
+    v.stale_since = None;
+    v.initialized = false;
+    let unloaded = plan(&observed, &v, &prm, &KeeperState::default(), Instant::now());
+    assert!(disconnects(&unloaded).is_empty());
+}
+
+#[test]
+fn stale_view_changes_nothing_but_candidate_choice() {
+    let fresh = view(&[Ready, Ready, Ready, Draining]);
+    let mut stale = fresh.clone();
+    stale.stale_since = Some(SystemTime::now());
+    let observed = [peer(2, None), peer(5, None)];
+    let now = Instant::now();
+    let a = plan(
+        &observed,
+        &fresh,
+        &params(3, 6),
+        &KeeperState::default(),
+        now,
+    );
+    let b = plan(
+        &observed,
+        &stale,
+        &params(3, 6),
+        &KeeperState::default(),
+        now,
+    );
+    assert_eq!(a, b);
+}
+
+#[test]
+fn empty_view_disconnects_nothing() {
+    let v = MembershipSnapshot::default();
+    let observed = [peer(2, None), peer(3, None)];
+    let p = plan(
+        &observed,
+        &v,
+        &params(3, 6),
+        &KeeperState::default(),
+        Instant::now(),
+    );
+    assert!(p.actions.is_empty());
+}
+
+#[test]
+fn trims_above_max_lowest_ranked_outbound_first() {
+    let v = view(&[Ready, Ready, Ready, Ready, Ready]);
+    let observed = [
+        peer(2, Some(PeerDirection::Inbound)),
+        peer(3, Some(PeerDirection::Outbound)),
+        peer(4, Some(PeerDirection::Outbound)),
+        peer(5, Some(PeerDirection::Inbound)),
+        peer(6, None),
+    ];
+    let p = plan(
+        &observed,
+        &v,
+        &params(2, 3),
+        &KeeperState::default(),
+        Instant::now(),
+    );
+    let d = disconnects(&p);
+    assert_eq!(d.len(), 2);
+    assert!(d.iter().all(|(_, r)| *r == DisconnectReason::AboveMax));
+    // Both outbound peers go before any inbound one.
+    let mut dropped: Vec<SocketAddr> = d.iter().map(|(a, _)| *a).collect();
+    dropped.sort();
+    assert_eq!(dropped, vec![addr(3), addr(4)]);
+    assert!(connects(&p).is_empty());
+}
+
+#[test]
+fn trimming_never_touches_unmapped_peers() {
+    let v = view(&[Ready]);
+    let observed = [
+        peer(2, Some(PeerDirection::Outbound)),
+        peer(20, None),
+        peer(21, None),
+        peer(22, None),
+    ];
+    let p = plan(
+        &observed,
+        &v,
+        &params(1, 2),
+        &KeeperState::default(),
+        Instant::now(),
+    );
+    assert_eq!(disconnects(&p), vec![(addr(2), DisconnectReason::AboveMax)]);
+}
+
+#[test]
+fn ranking_differs_between_nodes() {
+    let records: Vec<NodeRecord> = (2..40u8)
+        .map(|n| record(&format!("x{n}"), n, Ready))
+        .collect();
+    let v = MembershipSnapshot::from_records(records, 1, AddressPolicy::default());
+    let choice = |own: &str| {
+        let mut prm = params(3, 6);
+        prm.own_id = id(own);
+        connects(&plan(
+            &[],
+            &v,
+            &prm,
+            &KeeperState::default(),
+            Instant::now(),
+        ))
+    };
+    assert_ne!(choice("a"), choice("b"));
+    assert_eq!(choice("a"), choice("a"), "deterministic");
+}
