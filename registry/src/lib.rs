@@ -9,13 +9,20 @@
 //! - [`keys`]: the key layout.
 //! - [`view`]: a validated snapshot of one cluster, plain data.
 
+pub mod cli_args;
+pub mod connect;
 pub mod endpoint;
+pub mod error;
 pub mod keys;
+pub mod logging;
 pub mod names;
 pub mod record;
 pub mod view;
 
+pub use cli_args::EtcdArgs;
+pub use connect::{Credentials, Etcd, EtcdOptions, TlsFiles, connect};
 pub use endpoint::{AddressPolicy, AddressRejected, Endpoint, EndpointError};
+pub use error::RegistryError;
 pub use keys::{DEFAULT_PREFIX, Keyspace};
 pub use names::{ClusterName, EndpointName, NameError, NodeId, Slot};
 pub use record::{MAX_RECORD_BYTES, NodeRecord, NodeState, RecordError};
