@@ -20,6 +20,19 @@ pub struct SkippedRecord {
     pub reason: String,
 }
 
+/// Why the policy refuses `record` (its first refused endpoint), or `None` if it is acceptable.
+///
+/// The watcher uses it to log and count a refusal once per key and revision, before
+/// [`MembershipSnapshot::insert_checked`] applies the same rule.
+pub fn policy_refusal(record: &NodeRecord, policy: AddressPolicy) -> Option<String> {
+    record.endpoints.iter().find_map(|(name, ep)| {
+        policy
+            .check(ep)
+            .err()
+            .map(|e| format!("endpoint {name}: {e}"))
+    })
+}
+
 /// The validated records of one cluster at one etcd revision.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct MembershipSnapshot {
@@ -68,15 +81,10 @@ impl MembershipSnapshot {
         record: NodeRecord,
         policy: AddressPolicy,
     ) -> bool {
-        for (name, ep) in &record.endpoints {
-            if let Err(e) = policy.check(ep) {
-                self.records.remove(&record.id);
-                self.skipped.push(SkippedRecord {
-                    key,
-                    reason: format!("endpoint {name}: {e}"),
-                });
-                return false;
-            }
+        if let Some(reason) = policy_refusal(&record, policy) {
+            self.records.remove(&record.id);
+            self.skipped.push(SkippedRecord { key, reason });
+            return false;
         }
         self.records.insert(record.id.clone(), record);
         true

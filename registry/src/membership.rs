@@ -1,0 +1,292 @@
+//! `Membership`: the live, validated view of one cluster, kept current by an etcd watch.
+//!
+//! The loop is the one DESIGN.md prescribes: read the whole cluster prefix at revision R, publish,
+//! watch from R+1. A broken stream (etcd restarted, connection cut, a hung etcd detected by the
+//! connection's HTTP/2 pings) is resumed from the last applied revision + 1, so no event is lost
+//! and nothing is re-read; a watch cancelled because its start revision was compacted is never
+//! retried at that revision — the prefix is read again instead. While etcd cannot be reached the
+//! last view stays published, marked stale, and the loop retries forever with jittered, capped
+//! backoff: an outage never looks like an empty cluster.
+//!
+//! Everything read goes through [`tracker::Tracker`] (record parsing, address policy, counting
+//! invalid entries); this module owns only the I/O and the stale flag.
+
+mod tracker;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
+use etcd_client::{EventType, GetOptions, WatchOptions};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::connect::Etcd;
+use crate::endpoint::AddressPolicy;
+use crate::error::RegistryError;
+use crate::keys::Keyspace;
+use crate::names::ClusterName;
+use crate::view::MembershipSnapshot;
+use tracker::{RawKv, Tracker};
+
+/// Longest pause between attempts to reach etcd while it is down.
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(5);
+/// First pause after a failure.
+const MIN_RETRY_DELAY: Duration = Duration::from_millis(100);
+
+/// A continuously updated view of one cluster. Dropping it stops the watch.
+#[derive(Debug)]
+pub struct Membership {
+    rx: watch::Receiver<Arc<MembershipSnapshot>>,
+    task: JoinHandle<()>,
+}
+
+impl Membership {
+    /// Starts watching `keyspace`'s cluster in a background task and returns at once; the first
+    /// snapshot has `initialized == false` until the first read succeeds.
+    ///
+    /// Must be called within a tokio runtime.
+    pub fn start(etcd: Etcd, keyspace: Keyspace, policy: AddressPolicy) -> Self {
+        let (tx, rx) = watch::channel(Arc::new(MembershipSnapshot::default()));
+        let watcher = Watcher {
+            etcd,
+            tracker: Tracker::new(keyspace, policy),
+            tx,
+            stale_since: None,
+        };
+        let task = tokio::spawn(watcher.run());
+        Self { rx, task }
+    }
+
+    /// The latest published snapshot.
+    pub fn snapshot(&self) -> Arc<MembershipSnapshot> {
+        self.rx.borrow().clone()
+    }
+
+    /// A receiver that is notified of every new snapshot. A receiver that lags behind only ever
+    /// sees the latest one.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<MembershipSnapshot>> {
+        self.rx.clone()
+    }
+}
+
+impl Drop for Membership {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Reads the cluster once, with the same validation as the watcher.
+pub async fn read_once(
+    etcd: &Etcd,
+    keyspace: &Keyspace,
+    policy: AddressPolicy,
+) -> Result<MembershipSnapshot, RegistryError> {
+    let mut tracker = Tracker::new(keyspace.clone(), policy);
+    let (kvs, revision) = list(etcd, &keyspace.cluster_prefix()).await?;
+    tracker.replace_all(kvs, revision);
+    Ok(tracker.snapshot(None))
+}
+
+/// The names of every cluster that has at least one key under the prefix.
+pub async fn list_clusters(
+    etcd: &Etcd,
+    keyspace: &Keyspace,
+) -> Result<BTreeSet<ClusterName>, RegistryError> {
+    let prefix = keyspace.clusters_prefix();
+    let resp = etcd
+        .get(&prefix, Some(GetOptions::new().with_prefix().with_keys_only()))
+        .await?;
+    Ok(resp
+        .kvs()
+        .iter()
+        .filter_map(|kv| keyspace.cluster_of(&String::from_utf8_lossy(kv.key())))
+        .collect())
+}
+
+/// Reads everything under `prefix`, with the revision of the read.
+async fn list(etcd: &Etcd, prefix: &str) -> Result<(Vec<RawKv>, i64), RegistryError> {
+    let resp = etcd.get_prefix(prefix).await?;
+    let revision = resp.header().map_or(0, |h| h.revision());
+    let kvs = resp
+        .kvs()
+        .iter()
+        .map(|kv| RawKv {
+            key: String::from_utf8_lossy(kv.key()).into_owned(),
+            value: kv.value().to_vec(),
+            mod_revision: kv.mod_revision(),
+        })
+        .collect();
+    Ok((kvs, revision))
+}
+
+fn retry_delays() -> ExponentialBackoff {
+    ExponentialBuilder::default()
+        .with_min_delay(MIN_RETRY_DELAY)
+        .with_max_delay(MAX_RETRY_DELAY)
+        .with_jitter()
+        .without_max_times()
+        .build()
+}
+
+/// Why a watch stopped being useful.
+enum WatchEnd {
+    /// The stream broke: resume from the given revision after a pause.
+    Broken { resume_from: i64 },
+    /// etcd cancelled the watch (compaction, or another server-side reason): read again.
+    Relist,
+}
+
+/// The background task's state.
+struct Watcher {
+    etcd: Etcd,
+    tracker: Tracker,
+    tx: watch::Sender<Arc<MembershipSnapshot>>,
+    stale_since: Option<SystemTime>,
+}
+
+impl Watcher {
+    async fn run(mut self) {
+        loop {
+            let revision = self.list_until_ok().await;
+            let mut next = revision + 1;
+            let mut delays = retry_delays();
+            loop {
+                match self.watch_from(next, &mut delays).await {
+                    WatchEnd::Relist => break,
+                    WatchEnd::Broken { resume_from } => {
+                        next = resume_from;
+                        let pause = delays.next().unwrap_or(MAX_RETRY_DELAY);
+                        tokio::time::sleep(pause).await;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Reads the whole cluster prefix, retrying forever, and publishes it. Returns its revision.
+    async fn list_until_ok(&mut self) -> i64 {
+        let prefix = self.tracker.keyspace().cluster_prefix();
+        let mut delays = retry_delays();
+        loop {
+            match list(&self.etcd, &prefix).await {
+                Ok((kvs, revision)) => {
+                    if self.tracker.initialized() {
+                        tracing::info!(revision, "re-read the cluster; resuming the watch");
+                    }
+                    self.tracker.replace_all(kvs, revision);
+                    self.stale_since = None;
+                    self.publish();
+                    return revision;
+                }
+                Err(e) => {
+                    self.mark_stale(&e);
+                    let pause = delays.next().unwrap_or(MAX_RETRY_DELAY);
+                    tokio::time::sleep(pause).await;
+                }
+            }
+        }
+    }
+
+    /// Watches from `start` until the stream breaks or is cancelled, applying events as they
+    /// come. `delays` is reset once the watch is established.
+    async fn watch_from(
+        &mut self,
+        start: i64,
+        delays: &mut ExponentialBackoff,
+    ) -> WatchEnd {
+        let prefix = self.tracker.keyspace().cluster_prefix();
+        let opts = WatchOptions::new()
+            .with_prefix()
+            .with_start_revision(start)
+            .with_progress_notify();
+        let mut stream = match self.etcd.watch(&prefix, Some(opts)).await {
+            Ok(s) => s,
+            Err(e) => {
+                self.mark_stale(&e);
+                return WatchEnd::Broken { resume_from: start };
+            }
+        };
+        let mut next = start;
+        loop {
+            let resp = match stream.message().await {
+                Ok(Some(resp)) => resp,
+                Ok(None) => {
+                    self.mark_stale(&"the watch stream ended");
+                    return WatchEnd::Broken { resume_from: next };
+                }
+                Err(e) => {
+                    let e = self.etcd.classify("watch", &prefix, e);
+                    self.mark_stale(&e);
+                    return WatchEnd::Broken { resume_from: next };
+                }
+            };
+            if resp.canceled() {
+                let compact_revision = resp.compact_revision();
+                if compact_revision > 0 {
+                    tracing::info!(
+                        start = next,
+                        compact_revision,
+                        "watch start revision was compacted; reading the cluster again"
+                    );
+                } else {
+                    tracing::warn!(
+                        reason = resp.cancel_reason(),
+                        "etcd cancelled the watch; reading the cluster again"
+                    );
+                }
+                return WatchEnd::Relist;
+            }
+            if resp.created() {
+                *delays = retry_delays();
+                if self.stale_since.take().is_some() {
+                    tracing::info!(from = next, "watch re-established; the view is current");
+                    self.publish();
+                }
+                continue;
+            }
+            if resp.events().is_empty() {
+                // A progress notification: everything up to its revision has been delivered.
+                if let Some(h) = resp.header() {
+                    next = next.max(h.revision() + 1);
+                    self.tracker.advance(h.revision());
+                }
+                continue;
+            }
+            for event in resp.events() {
+                let Some(kv) = event.kv() else { continue };
+                let key = String::from_utf8_lossy(kv.key()).into_owned();
+                let revision = kv.mod_revision();
+                match event.event_type() {
+                    EventType::Put => self.tracker.put(RawKv {
+                        key,
+                        value: kv.value().to_vec(),
+                        mod_revision: revision,
+                    }),
+                    EventType::Delete => self.tracker.delete(&key, revision),
+                }
+                next = next.max(revision + 1);
+            }
+            self.publish();
+        }
+    }
+
+    fn mark_stale(&mut self, why: &dyn std::fmt::Display) {
+        if self.stale_since.is_none() {
+            tracing::warn!(
+                error = %why,
+                "lost the etcd watch; keeping the last view (stale) and retrying"
+            );
+            self.stale_since = Some(SystemTime::now());
+            self.publish();
+        } else {
+            tracing::debug!(error = %why, "etcd still unreachable");
+        }
+    }
+
+    fn publish(&self) {
+        self.tx
+            .send_replace(Arc::new(self.tracker.snapshot(self.stale_since)));
+    }
+}
