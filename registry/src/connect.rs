@@ -527,6 +527,21 @@ impl Etcd {
         .map_err(|e| lease_error(e, lease))
     }
 
+    /// Remaining time to live of a lease in seconds, or `None` when it no longer exists.
+    pub(crate) async fn lease_ttl(&self, lease: i64) -> Result<Option<i64>, RegistryError> {
+        let resp = self
+            .call("lease time-to-live", "", |mut c| async move {
+                c.lease_time_to_live(lease, None).await
+            })
+            .await
+            .map_err(|e| lease_error(e, lease));
+        match resp {
+            Ok(r) => Ok((r.ttl() > 0).then_some(r.ttl())),
+            Err(RegistryError::LeaseNotFound { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Opens a watch.
     #[allow(dead_code, reason = "used by the membership watcher")]
     pub(crate) async fn watch(

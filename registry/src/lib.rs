@@ -8,13 +8,19 @@
 //! - [`names`], [`endpoint`], [`record`]: typed values whose constructors enforce the schema.
 //! - [`keys`]: the key layout.
 //! - [`view`]: a validated snapshot of one cluster, plain data.
+//! - [`membership`]: the watched view ([`Membership`]) and one-shot reads ([`read_once`]).
+//! - [`control`]: operator control keys (drain) and node removal.
+//! - [`discovery`]: the read-only HTTP discovery API served from a watched view.
 
 pub mod cli_args;
 pub mod connect;
+pub mod control;
+pub mod discovery;
 pub mod endpoint;
 pub mod error;
 pub mod keys;
 pub mod logging;
+pub mod membership;
 pub mod names;
 pub mod record;
 pub mod view;
@@ -24,6 +30,7 @@ pub use connect::{Credentials, Etcd, EtcdOptions, TlsFiles, connect};
 pub use endpoint::{AddressPolicy, AddressRejected, Endpoint, EndpointError};
 pub use error::RegistryError;
 pub use keys::{DEFAULT_PREFIX, Keyspace};
+pub use membership::{Membership, list_clusters, read_once};
 pub use names::{ClusterName, EndpointName, NameError, NodeId, Slot};
 pub use record::{MAX_RECORD_BYTES, NodeRecord, NodeState, RecordError};
 pub use view::{MembershipSnapshot, SkippedRecord};
