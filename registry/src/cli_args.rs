@@ -49,11 +49,21 @@ pub struct EtcdArgs {
     pub etcd_ca: Option<PathBuf>,
 
     /// PEM client certificate, for etcd with --client-cert-auth (needs --etcd-key).
-    #[arg(long, env = "PEERKEEP_ETCD_CERT", value_name = "FILE", requires = "etcd_key")]
+    #[arg(
+        long,
+        env = "PEERKEEP_ETCD_CERT",
+        value_name = "FILE",
+        requires = "etcd_key"
+    )]
     pub etcd_cert: Option<PathBuf>,
 
     /// PEM private key of --etcd-cert.
-    #[arg(long, env = "PEERKEEP_ETCD_KEY", value_name = "FILE", requires = "etcd_cert")]
+    #[arg(
+        long,
+        env = "PEERKEEP_ETCD_KEY",
+        value_name = "FILE",
+        requires = "etcd_cert"
+    )]
     pub etcd_key: Option<PathBuf>,
 
     /// etcd user name, when etcd has auth enabled (needs --etcd-password-file).
@@ -205,8 +215,14 @@ mod tests {
     fn bad_values_are_usage_errors() {
         assert!(parse(&["--cluster", "bad name"]).is_err());
         assert!(parse(&["--etcd-connect-timeout", "soon"]).is_err());
-        assert!(parse(&["--etcd-user", "u"]).is_err(), "user without password file");
-        assert!(parse(&["--etcd-cert", "c.pem"]).is_err(), "cert without key");
+        assert!(
+            parse(&["--etcd-user", "u"]).is_err(),
+            "user without password file"
+        );
+        assert!(
+            parse(&["--etcd-cert", "c.pem"]).is_err(),
+            "cert without key"
+        );
         let a = parse(&["--prefix", "no-slash"]).expect("parse");
         assert!(a.keyspace().is_err());
     }
@@ -220,7 +236,10 @@ mod tests {
         let path = file.to_str().expect("utf-8 temp path");
         let a = parse(&["--etcd-user", "u", "--etcd-password-file", path]).expect("parse");
         let creds = a.options().expect("options").auth.expect("credentials");
-        assert_eq!((creds.user.as_str(), creds.password.as_str()), ("u", "s3cret"));
+        assert_eq!(
+            (creds.user.as_str(), creds.password.as_str()),
+            ("u", "s3cret")
+        );
         assert!(!format!("{creds:?}").contains("s3cret"));
 
         let missing = dir.join("missing");

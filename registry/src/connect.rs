@@ -543,7 +543,6 @@ impl Etcd {
     }
 
     /// Opens a watch.
-    #[allow(dead_code, reason = "used by the membership watcher")]
     pub(crate) async fn watch(
         &self,
         key: &str,
@@ -559,7 +558,7 @@ impl Etcd {
 
 /// Recognises etcd's "lease not found" however it arrives (a status on revoke, a keepalive
 /// error on a stream re-opened on a dead lease).
-fn lease_error(e: RegistryError, lease: i64) -> RegistryError {
+pub(crate) fn lease_error(e: RegistryError, lease: i64) -> RegistryError {
     match &e {
         RegistryError::Request { detail, .. } if detail.contains("lease not found") => {
             RegistryError::LeaseNotFound { lease }

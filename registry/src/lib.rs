@@ -11,6 +11,10 @@
 //! - [`membership`]: the watched view ([`Membership`]) and one-shot reads ([`read_once`]).
 //! - [`control`]: operator control keys (drain) and node removal.
 //! - [`discovery`]: the read-only HTTP discovery API served from a watched view.
+//! - [`connect`]: the etcd connection ([`Etcd`]) with bounded retries and deferred auth;
+//!   [`error`]: [`RegistryError`] and the exit codes it maps to.
+//! - [`registration`]: a node's lease-owned record and slot, kept alive in the background.
+//! - [`cli_args`], [`logging`]: the etcd flags and log set-up shared by all binaries.
 
 pub mod cli_args;
 pub mod connect;
@@ -23,6 +27,7 @@ pub mod logging;
 pub mod membership;
 pub mod names;
 pub mod record;
+pub mod registration;
 pub mod view;
 
 pub use cli_args::EtcdArgs;
@@ -33,4 +38,8 @@ pub use keys::{DEFAULT_PREFIX, Keyspace};
 pub use membership::{Membership, list_clusters, read_once};
 pub use names::{ClusterName, EndpointName, NameError, NodeId, Slot};
 pub use record::{MAX_RECORD_BYTES, NodeRecord, NodeState, RecordError};
+pub use registration::{
+    NodeInfo, Registration, RegistrationConfig, RegistrationEvent, RegistrationState,
+    RegistrationStatus,
+};
 pub use view::{MembershipSnapshot, SkippedRecord};
