@@ -9,9 +9,12 @@
 //! - [`etcd`]: a single-member etcd that can be stopped, restarted, paused and resumed.
 //! - [`proxy`]: a TCP proxy that can cut one client off from a server.
 //! - [`wait`]: `eventually(deadline, condition)` instead of sleeps.
+//! - [`imds`]: a fake EC2 metadata service.
 //! - [`proc`]: free ports, spawning with a death signal, binary paths.
 
+pub mod devnode;
 pub mod etcd;
+pub mod imds;
 pub mod proc;
 pub mod proxy;
 pub mod wait;
