@@ -77,11 +77,7 @@ pub async fn drain(etcd: &Etcd, keyspace: &Keyspace, id: &NodeId) -> Result<(), 
 }
 
 /// Withdraws a drain request. Returns whether there was one.
-pub async fn undrain(
-    etcd: &Etcd,
-    keyspace: &Keyspace,
-    id: &NodeId,
-) -> Result<bool, RegistryError> {
+pub async fn undrain(etcd: &Etcd, keyspace: &Keyspace, id: &NodeId) -> Result<bool, RegistryError> {
     let key = keyspace.control_key(id);
     Ok(etcd.delete(&key, None).await?.deleted() > 0)
 }
@@ -130,7 +126,11 @@ pub async fn remove_node(
         removal.record_deleted = true;
     }
     let slots_prefix = keyspace.slots_prefix();
-    for kv in slots.kvs().iter().filter(|kv| kv.value() == id.as_str().as_bytes()) {
+    for kv in slots
+        .kvs()
+        .iter()
+        .filter(|kv| kv.value() == id.as_str().as_bytes())
+    {
         let key = String::from_utf8_lossy(kv.key()).into_owned();
         compares.push(Compare::mod_revision(
             key.as_str(),
@@ -140,10 +140,7 @@ pub async fn remove_node(
         deletes.push(TxnOp::delete(key.as_str(), None));
         leases.push(kv.lease());
         // A claim under a malformed slot key is removed too, but only real slots are reported.
-        if let Some(slot) = key
-            .strip_prefix(&slots_prefix)
-            .and_then(|n| n.parse().ok())
-        {
+        if let Some(slot) = key.strip_prefix(&slots_prefix).and_then(|n| n.parse().ok()) {
             removal.slots_deleted.push(slot);
         }
     }

@@ -111,9 +111,9 @@ impl Inner {
     }
 
     /// The current view of `cluster`, or the error response to send instead.
-    fn view_of(&self, cluster: &str) -> Result<Arc<MembershipSnapshot>, Response> {
+    fn view_of(&self, cluster: &str) -> Result<Arc<MembershipSnapshot>, ApiError> {
         if cluster != self.cluster.as_str() {
-            return Err(error(
+            return Err(ApiError(
                 StatusCode::NOT_FOUND,
                 format!(
                     "unknown cluster {cluster:?}; this server answers for {}",
@@ -123,7 +123,7 @@ impl Inner {
         }
         let snap = self.view.borrow().clone();
         if !snap.initialized {
-            return Err(error(
+            return Err(ApiError(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "the registry has not been read yet".to_owned(),
             ));
@@ -132,8 +132,13 @@ impl Inner {
     }
 }
 
-fn error(status: StatusCode, message: String) -> Response {
-    (status, axum::Json(json!({ "error": message }))).into_response()
+/// An error answer: a status and a message, sent as `{"error": message}`.
+struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, axum::Json(json!({ "error": self.1 }))).into_response()
+    }
 }
 
 /// One node as the API shows it.
@@ -175,29 +180,28 @@ async fn nodes(
     State(api): State<Api>,
     Path(cluster): Path<String>,
     Query(q): Query<NodesQuery>,
-) -> Response {
+) -> Result<Response, ApiError> {
     api.0.count("nodes");
-    let state = match q.state.as_deref().map(str::parse::<NodeState>).transpose() {
-        Ok(s) => s,
-        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
-    };
-    let snap = match api.0.view_of(&cluster) {
-        Ok(s) => s,
-        Err(r) => return r,
-    };
+    let state = q
+        .state
+        .as_deref()
+        .map(str::parse::<NodeState>)
+        .transpose()
+        .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string()))?;
+    let snap = api.0.view_of(&cluster)?;
     let nodes: Vec<NodeView<'_>> = snap
         .records
         .values()
         .filter(|r| state.is_none_or(|s| r.state == s))
         .map(|r| NodeView::new(r, &api.0.expose))
         .collect();
-    axum::Json(json!({
+    Ok(axum::Json(json!({
         "cluster": api.0.cluster,
         "revision": snap.revision,
         "stale": snap.stale_since.is_some(),
         "nodes": nodes,
     }))
-    .into_response()
+    .into_response())
 }
 
 #[derive(Deserialize)]
@@ -209,32 +213,29 @@ async fn seeds(
     State(api): State<Api>,
     Path(cluster): Path<String>,
     Query(q): Query<SeedsQuery>,
-) -> Response {
+) -> Result<Response, ApiError> {
     api.0.count("seeds");
     let n = q.n.unwrap_or(DEFAULT_SEEDS);
     if !(1..=MAX_SEEDS).contains(&n) {
-        return error(
+        return Err(ApiError(
             StatusCode::BAD_REQUEST,
             format!("n must be between 1 and {MAX_SEEDS}"),
-        );
+        ));
     }
-    let snap = match api.0.view_of(&cluster) {
-        Ok(s) => s,
-        Err(r) => return r,
-    };
+    let snap = api.0.view_of(&cluster)?;
     let all: Vec<Endpoint> = snap
         .in_state(NodeState::Ready)
         .filter_map(NodeRecord::p2p)
         .collect();
     let start = api.0.rotation.fetch_add(1, Ordering::Relaxed);
     let picked = rotate(&all, start, n);
-    axum::Json(json!({
+    Ok(axum::Json(json!({
         "cluster": api.0.cluster,
         "revision": snap.revision,
         "stale": snap.stale_since.is_some(),
         "seeds": picked,
     }))
-    .into_response()
+    .into_response())
 }
 
 /// Up to `n` items of `all`, starting at `start` (modulo its length) and wrapping around.
@@ -279,7 +280,7 @@ async fn metrics(State(api): State<Api>) -> Response {
     api.0.count("metrics");
     let mut body = String::new();
     if let Err(e) = prometheus_client::encoding::text::encode(&mut body, &api.0.registry) {
-        return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
+        return ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response();
     }
     (
         [(

@@ -15,7 +15,9 @@
 //!   [`error`]: [`RegistryError`] and the exit codes it maps to.
 //! - [`registration`]: a node's lease-owned record and slot, kept alive in the background.
 //! - [`cli_args`], [`logging`]: the etcd flags and log set-up shared by all binaries.
+//! - [`cli`]: the `peerkeep` command line (the binary is a thin shell over it).
 
+pub mod cli;
 pub mod cli_args;
 pub mod connect;
 pub mod control;

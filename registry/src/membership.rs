@@ -96,7 +96,10 @@ pub async fn list_clusters(
 ) -> Result<BTreeSet<ClusterName>, RegistryError> {
     let prefix = keyspace.clusters_prefix();
     let resp = etcd
-        .get(&prefix, Some(GetOptions::new().with_prefix().with_keys_only()))
+        .get(
+            &prefix,
+            Some(GetOptions::new().with_prefix().with_keys_only()),
+        )
         .await?;
     Ok(resp
         .kvs()
@@ -191,11 +194,7 @@ impl Watcher {
 
     /// Watches from `start` until the stream breaks or is cancelled, applying events as they
     /// come. `delays` is reset once the watch is established.
-    async fn watch_from(
-        &mut self,
-        start: i64,
-        delays: &mut ExponentialBackoff,
-    ) -> WatchEnd {
+    async fn watch_from(&mut self, start: i64, delays: &mut ExponentialBackoff) -> WatchEnd {
         let prefix = self.tracker.keyspace().cluster_prefix();
         let opts = WatchOptions::new()
             .with_prefix()

@@ -280,8 +280,16 @@ mod tests {
     #[test]
     fn control_keys_fill_drain_requested() {
         let mut t = tracker(false);
-        t.put(kv("/p/clusters/c/control/a", br#"{"drain":true}"#.to_vec(), 2));
-        t.put(kv("/p/clusters/c/control/b", br#"{"drain":false}"#.to_vec(), 3));
+        t.put(kv(
+            "/p/clusters/c/control/a",
+            br#"{"drain":true}"#.to_vec(),
+            2,
+        ));
+        t.put(kv(
+            "/p/clusters/c/control/b",
+            br#"{"drain":false}"#.to_vec(),
+            3,
+        ));
         t.put(kv("/p/clusters/c/control/c", b"drain".to_vec(), 4));
         t.put(kv("/p/clusters/c/slots/1", b"a".to_vec(), 5));
         let s = t.snapshot(None);
