@@ -1,1 +1,26 @@
-//! placeholder
+//! lb-config-gen: turns the etcd registry's ready nodes into HAProxy configuration and keeps a
+//! master-worker HAProxy in step with it.
+//!
+//! Decisions are pure and effects are thin loops around them:
+//!
+//! - [`config`]: the TOML file, validated into typed settings (every error with its field).
+//! - [`model`]: config + membership snapshot → the typed desired state (slots, capacities).
+//! - [`render`]: model → configuration text; no I/O, same model gives the same bytes.
+//! - [`diff`]: running vs desired → runtime API commands, a reload, or nothing.
+//! - [`runtime_cmd`]: runtime API commands as typed values, rendered to text in one place.
+//!
+//! Nothing read from etcd reaches the configuration or the runtime API as a raw string: only
+//! the registry's validated names, slots and endpoints do.
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod diff;
+pub mod model;
+pub mod render;
+pub mod runtime_cmd;
+
+pub use config::{Config, ConfigError};
+pub use diff::{Apply, diff};
+pub use model::{Model, build};
+pub use render::{RenderedConfig, render};
+pub use runtime_cmd::RuntimeCommand;
