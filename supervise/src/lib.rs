@@ -12,7 +12,7 @@
 //!   child, orphans included, and hands each status to the [`ChildHandle`]s of that pid. Unless
 //!   it is PID 1, the process becomes a child subreaper so orphans come to it.
 //! - **Clean children.** [`Supervisor::spawn`] uses `std::process::Command` in a new process
-//!   group; the child starts with the default signal mask and dispositions. Exec failures map to
+//!   group; the child starts with an empty signal mask and default dispositions. Exec failures map to
 //!   127 (not found) and 126 (not executable) via [`SpawnError::exit_code`].
 //! - **Stopping with a deadline.** [`Supervisor::stop`] sends a signal and SIGCONT to the
 //!   child's group, waits up to a timeout (cut short by a `skip` future, e.g. a second TERM),
@@ -24,9 +24,8 @@
 //! reaper (and see `ECHILD`). Run helper commands through [`Supervisor::run_output`] instead.
 //!
 //! `unsafe` is confined to one small private module (`sys`): a raw `waitpid` that keeps the pid
-//! of a child killed by any signal, and an empty `pre_exec` hook that makes std fork+exec
-//! instead of using glibc's `posix_spawn`, which leaves two signals ignored in the child. The
-//! reasons are documented there.
+//! of a child killed by any signal, and a `pre_exec` hook that clears the child's signal mask
+//! (std does not). The reasons are documented there.
 
 mod child;
 mod error;

@@ -122,8 +122,10 @@ impl Supervisor {
     }
 
     /// Starts `cmd` as a supervised child in a new process group of its own (any
-    /// `process_group` set on `cmd` is replaced). The child starts with the default signal
-    /// mask and dispositions. Its stdio is whatever `cmd` says, but piped ends are closed here:
+    /// `process_group` set on `cmd` is replaced). The child starts with an empty signal mask,
+    /// and every signal this process handles (the supervisor's included) at its default
+    /// disposition; signals ignored by whoever started this process stay ignored, as `nohup`
+    /// expects, except SIGPIPE, which Rust ignores and std restores. Its stdio is whatever `cmd` says, but piped ends are closed here:
     /// use [`Supervisor::run_output`] to capture output.
     pub fn spawn(&self, cmd: &mut Command) -> Result<ChildHandle, SpawnError> {
         self.spawn_std(cmd).map(|(handle, _child)| handle)
@@ -137,7 +139,7 @@ impl Supervisor {
         cmd: &mut Command,
     ) -> Result<(ChildHandle, std::process::Child), SpawnError> {
         cmd.process_group(0);
-        crate::sys::use_fork_exec(cmd);
+        crate::sys::clear_signal_mask_in_child(cmd);
         let program = cmd.get_program().to_string_lossy().into_owned();
         let table = &self.inner.reaper.table;
         let mut waiters = table.lock();

@@ -6,16 +6,19 @@
 //! signals). The child is then gone, and so is its pid, so whoever waits for it would wait
 //! forever. Decoding the raw status ourselves ([`crate::ExitStatus::from_raw`]) loses nothing.
 //!
-//! **Fork+exec instead of `posix_spawn`.** std spawns with glibc's `posix_spawn` when it can, and
-//! glibc's spawn helper sets its internal signals (32 and 33) to `SIG_IGN` before `exec`, so the
-//! child would start with them ignored. Any `pre_exec` hook makes std fork and exec instead, where
-//! exec resets every caught signal to its default, as tini and dumb-init children get.
+//! **Resetting the signal mask in the child.** `exec` keeps the signal mask, and std (checked
+//! with Rust 1.95) does not clear it: a signal blocked in the spawning thread would stay blocked
+//! in the daemon, which then never sees it. A `pre_exec` hook clears it. The hook also makes std
+//! fork+exec instead of using glibc's `posix_spawn`, whose helper sets glibc's internal signals
+//! (32 and 33) to `SIG_IGN` before `exec`; with fork+exec the child keeps our dispositions, which
+//! `exec` resets to default for every caught signal (std itself restores SIGPIPE).
 #![allow(unsafe_code)]
 
 use std::os::unix::process::CommandExt;
 use std::process::Command;
 
 use nix::errno::Errno;
+use nix::sys::signal::{SigSet, SigmaskHow, sigprocmask};
 use nix::unistd::Pid;
 
 /// Reaps one terminated child, if any: `Ok(None)` when children exist but none has ended,
@@ -32,11 +35,15 @@ pub(crate) fn reap_one_nohang() -> Result<Option<(Pid, i32)>, Errno> {
     }
 }
 
-/// Makes `cmd` spawn through fork+exec (see the module docs) with an empty `pre_exec` hook.
-pub(crate) fn use_fork_exec(cmd: &mut Command) {
-    // SAFETY: the hook runs in the forked child before exec, where only async-signal-safe work
-    // is allowed. It does nothing at all.
+/// Makes the child of `cmd` start with an empty signal mask (see the module docs).
+pub(crate) fn clear_signal_mask_in_child(cmd: &mut Command) {
+    // SAFETY: the hook runs in the forked child before exec, where only async-signal-safe
+    // functions may be called: it builds an empty set on the stack and calls sigprocmask, which
+    // is async-signal-safe. It allocates nothing and takes no lock.
     unsafe {
-        cmd.pre_exec(|| Ok(()));
+        cmd.pre_exec(|| {
+            sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)
+                .map_err(std::io::Error::from)
+        });
     }
 }
