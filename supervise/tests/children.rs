@@ -1,5 +1,7 @@
 //! Spawning and waiting: exit statuses, exec failures, concurrent waiters, and the state a
 //! child starts in.
+// Test code: a failed unwrap is a failed test, with the value in the message.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 

@@ -3,7 +3,8 @@
 //! Every test binary in this directory owns one supervisor for the whole process (only one may
 //! own `waitpid`), created in a shared runtime. nextest runs each test in its own process;
 //! under `cargo test` the tests of a binary share it, which the supervisor is built for.
-#![allow(dead_code, clippy::unwrap_used)]
+// Each test binary uses a different subset of these helpers.
+#![allow(dead_code)]
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
