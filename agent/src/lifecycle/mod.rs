@@ -1,0 +1,350 @@
+//! `peerkeep-agent run`: the lifecycle of one node container.
+//!
+//! Order of events, and why:
+//!
+//! 1. The supervisor comes first, so signals are handled before anything else exists (as PID 1
+//!    an unhandled TERM would be dropped by the kernel).
+//! 2. Addresses are resolved and the health listener bound *before* the daemon starts: the
+//!    daemon is told its addresses on its command line, and a node without health checks must
+//!    fail at start rather than run unobserved.
+//! 3. The daemon is spawned; etcd is not needed for that (an etcd outage at start must not keep
+//!    the node down). The membership view starts at once; the registration starts when the
+//!    daemon first answers, as `starting`.
+//! 4. The loop probes the daemon, applies the readiness rule and the operator's drain key, and
+//!    publishes the record state, `/status` and metrics — until the daemon exits, a shutdown is
+//!    requested ([`shutdown`]), or the node id turns out to be taken (exit 4).
+//!
+//! The peer keeper's loop is a later step: its seam is [`Agent::probe_round`], where the
+//! daemon's peers are observed and connects/disconnects would be applied.
+
+mod daemon;
+mod phase;
+mod setup;
+mod shutdown;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use peerkeep_registry::registration::{
+    NodeInfo, Registration, RegistrationConfig, RegistrationStatus,
+};
+use peerkeep_registry::{Etcd, MembershipSnapshot, NodeId, NodeState, RegistryError};
+use peerkeep_supervise::{ChildHandle, ExitStatus, ShutdownRequests, Supervisor};
+use tokio::sync::watch;
+
+use crate::health::metrics::Metrics;
+use crate::health::status::AgentStatus;
+use crate::readiness::{self, Observation, Readiness, ReadinessParams};
+
+pub use daemon::{DaemonProbe, ProbeReport};
+pub use phase::{Phase, PhaseMachine};
+pub use setup::{RunError, run};
+
+/// Probe interval until the daemon first answers: registration should follow the daemon's
+/// first answer closely, whatever `--peer-poll` is.
+const FIRST_ANSWER_POLL: Duration = Duration::from_millis(100);
+
+/// Time allowed to revoke the lease before giving up and letting it expire.
+const REVOKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Grace for leftover processes when sweeping as PID 1.
+const SWEEP_GRACE: Duration = Duration::from_secs(2);
+
+/// The states the registration can report, for the one-hot metric.
+const REGISTRATION_STATES: [&str; 6] = [
+    "unregistered",
+    "registered",
+    "unconfirmed",
+    "lost",
+    "id_taken",
+    "revoked",
+];
+
+/// The record states, for the one-hot metric.
+const NODE_STATES: [&str; 3] = ["starting", "ready", "draining"];
+
+/// Timing and thresholds of the lifecycle.
+#[derive(Debug, Clone)]
+pub struct LifecycleParams {
+    /// The readiness rule's thresholds.
+    pub readiness: ReadinessParams,
+    /// Probe interval once the daemon has answered.
+    pub poll: Duration,
+    /// `--drain-delay`.
+    pub drain_delay: Duration,
+    /// `--stop-signal`.
+    pub stop_signal: Signal,
+    /// `--stop-timeout`.
+    pub stop_timeout: Duration,
+}
+
+/// Everything the running agent holds.
+struct Agent {
+    params: LifecycleParams,
+    sup: Supervisor,
+    requests: ShutdownRequests,
+    daemon: ChildHandle,
+    probe: DaemonProbe,
+    etcd: Etcd,
+    reg_config: RegistrationConfig,
+    reg_info: NodeInfo,
+    registration: Option<Registration>,
+    view: watch::Receiver<Arc<MembershipSnapshot>>,
+    status: watch::Sender<AgentStatus>,
+    metrics: Arc<Metrics>,
+    phase: PhaseMachine,
+    readiness: Readiness,
+    observation: Observation,
+    last_answer: Option<Instant>,
+    published_state: Option<NodeState>,
+}
+
+/// What woke the loop.
+enum Wake {
+    DaemonExited(ExitStatus),
+    Shutdown(Signal),
+    RegistrationStopped(RegistryError),
+    Tick,
+    ViewChanged,
+    RegistrationChanged,
+}
+
+impl Agent {
+    fn node_id(&self) -> &NodeId {
+        &self.reg_config.id
+    }
+
+    /// The loop of the Running phase; returns the exit code.
+    async fn run(mut self) -> Result<i32, RunError> {
+        let mut poll = tokio::time::interval(FIRST_ANSWER_POLL);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut polling_fast = true;
+        let mut reg_status: Option<watch::Receiver<RegistrationStatus>> = None;
+        loop {
+            let wake = {
+                let reg = self.registration.as_ref();
+                tokio::select! {
+                    status = self.daemon.wait() => Wake::DaemonExited(status),
+                    req = self.requests.at_least(1) => Wake::Shutdown(req.signal),
+                    err = async { match reg { Some(r) => r.stopped().await, None => std::future::pending().await } } => {
+                        Wake::RegistrationStopped(err)
+                    }
+                    _ = poll.tick() => Wake::Tick,
+                    r = self.view.changed() => match r {
+                        Ok(()) => Wake::ViewChanged,
+                        // The membership task ended (runtime shutting down): keep the last view.
+                        Err(_) => std::future::pending().await,
+                    },
+                    r = async { match reg_status.as_mut() { Some(rx) => rx.changed().await, None => std::future::pending().await } } => match r {
+                        Ok(()) => Wake::RegistrationChanged,
+                        Err(_) => std::future::pending().await,
+                    },
+                }
+            };
+            match wake {
+                Wake::DaemonExited(status) => return Ok(self.daemon_exited(status).await),
+                Wake::Shutdown(signal) => return Ok(self.shutdown(signal).await),
+                Wake::RegistrationStopped(err) => return self.registration_stopped(err).await,
+                Wake::Tick => {
+                    self.probe_round().await?;
+                    if polling_fast && self.last_answer.is_some() {
+                        polling_fast = false;
+                        poll = tokio::time::interval(self.params.poll);
+                        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                        poll.reset();
+                    }
+                    if reg_status.is_none() {
+                        reg_status = self.registration.as_ref().map(Registration::watch_status);
+                    }
+                }
+                Wake::ViewChanged => self.apply_view(),
+                Wake::RegistrationChanged => {}
+            }
+            self.publish_record_state();
+            self.publish_status();
+        }
+    }
+
+    /// Asks the daemon, applies the readiness rule, and starts the registration on the first
+    /// answer. The peer keeper will act here too, on the peers the probe observed.
+    async fn probe_round(&mut self) -> Result<(), RunError> {
+        let now = Instant::now();
+        let result = self.probe.check().await;
+        let reachable = result.is_ok();
+        if reachable != self.observation.reachable || self.last_answer.is_none() && reachable {
+            match &result {
+                Ok(_) => tracing::info!("daemon answers"),
+                Err(e) => tracing::warn!(error = %e, "daemon does not answer"),
+            }
+        }
+        match result {
+            Ok(report) => {
+                self.last_answer = Some(now);
+                self.observation.reachable = true;
+                self.observation.lag = report.lag;
+                self.observation.peers = report.peers;
+                self.status.send_modify(|s| {
+                    s.daemon.reachable = true;
+                    s.daemon.answered = true;
+                    s.daemon.probe_error = None;
+                });
+            }
+            Err(e) => {
+                self.observation.reachable = false;
+                self.status.send_modify(|s| {
+                    s.daemon.reachable = false;
+                    s.daemon.probe_error = Some(e);
+                });
+            }
+        }
+        let before = self.readiness;
+        self.readiness = readiness::next(before, &self.observation, &self.params.readiness, now);
+        if before.is_ready() != self.readiness.is_ready() {
+            tracing::info!(
+                ready = self.readiness.is_ready(),
+                reachable = self.observation.reachable,
+                peers = ?self.observation.peers,
+                lag = ?self.observation.lag,
+                other_live = self.observation.other_live,
+                "readiness changed"
+            );
+        }
+        if self.registration.is_none() && self.last_answer.is_some() {
+            self.start_registration()?;
+        }
+        Ok(())
+    }
+
+    fn start_registration(&mut self) -> Result<(), RunError> {
+        let mut info = self.reg_info.clone();
+        info.state = self.desired_state();
+        let reg = Registration::spawn(self.etcd.clone(), self.reg_config.clone(), info.clone())
+            .map_err(RunError::Registry)?;
+        tracing::info!(node_id = %self.node_id(), state = %info.state, "registering");
+        self.published_state = Some(info.state);
+        self.registration = Some(reg);
+        Ok(())
+    }
+
+    fn apply_view(&mut self) {
+        let snap = self.view.borrow_and_update().clone();
+        let me = self.node_id().clone();
+        self.observation.other_live = snap.peerable().filter(|r| r.id != me).count();
+        let drain = snap.drain_requested.contains(&me);
+        let was = self.status.borrow().drain_requested;
+        if drain != was {
+            tracing::info!(drain_requested = drain, "operator drain key changed");
+        }
+        let stale = snap.stale_for().map(|d| d.as_secs_f64());
+        self.metrics.view_age_seconds.set(stale.unwrap_or(0.0));
+        self.status.send_modify(|s| {
+            s.drain_requested = drain;
+            s.view.revision = snap.revision;
+            s.view.other_live = self.observation.other_live;
+            s.view.stale_secs = stale;
+        });
+    }
+
+    /// The record state the node should publish now.
+    fn desired_state(&self) -> NodeState {
+        if self.phase.get() != Phase::Running || self.status.borrow().drain_requested {
+            NodeState::Draining
+        } else if self.readiness.is_ready() {
+            NodeState::Ready
+        } else {
+            NodeState::Starting
+        }
+    }
+
+    fn publish_record_state(&mut self) {
+        let Some(reg) = &self.registration else {
+            return;
+        };
+        let want = self.desired_state();
+        if self.published_state != Some(want) {
+            tracing::info!(
+                from = self.published_state.map(NodeState::as_str),
+                to = want.as_str(),
+                "node state"
+            );
+            self.published_state = Some(want);
+        }
+        reg.set_state(want);
+    }
+
+    fn publish_status(&self) {
+        let reg = self.registration.as_ref().map(Registration::status);
+        let m = &self.metrics;
+        if let Some(r) = &reg {
+            Metrics::set_state(
+                &m.registration_state,
+                &REGISTRATION_STATES,
+                r.state.as_str(),
+            );
+            m.mirror_total(
+                "lease_regrants",
+                &m.lease_regrants,
+                r.lease_grants.saturating_sub(1),
+            );
+        }
+        if let Some(state) = self.published_state {
+            Metrics::set_state(&m.node_state, &NODE_STATES, state.as_str());
+        }
+        m.ready.set(i64::from(self.readiness.is_ready()));
+        m.peers.set(
+            self.observation
+                .peers
+                .map_or(0, |p| i64::try_from(p).unwrap_or(i64::MAX)),
+        );
+        m.daemon_up
+            .set(i64::from(self.daemon.try_status().is_none()));
+        let now = Instant::now();
+        self.status.send_modify(|s| {
+            s.heartbeat = now;
+            s.lifecycle = self.phase.get().as_str();
+            s.state = self.published_state.map(NodeState::as_str);
+            s.ready = self.readiness.is_ready();
+            s.peers = self.observation.peers;
+            s.lag = self.observation.lag;
+            s.daemon.last_answer_secs = self
+                .last_answer
+                .map(|t| now.saturating_duration_since(t).as_secs_f64());
+            if let Some(r) = &reg {
+                s.registration = r.state.as_str().to_owned();
+                s.lease_id = r.lease;
+            }
+        });
+    }
+
+    /// The node id is held by another live instance: stop the daemon cleanly, exit 4.
+    async fn registration_stopped(mut self, err: RegistryError) -> Result<i32, RunError> {
+        tracing::error!(error = %err, "registration stopped; stopping the daemon");
+        self.registration = None;
+        self.phase.advance(Phase::Stopping, "registration failed");
+        self.publish_status();
+        let outcome = self
+            .sup
+            .stop(
+                &self.daemon,
+                self.params.stop_signal,
+                self.params.stop_timeout,
+                self.requests.at_least(self.requests.received() + 1),
+            )
+            .await;
+        self.daemon_gone(outcome.status);
+        self.sup.sweep(SWEEP_GRACE).await;
+        Err(RunError::Registry(err))
+    }
+
+    /// Bookkeeping once the daemon has been reaped.
+    fn daemon_gone(&mut self, status: ExitStatus) {
+        self.metrics.daemon_exits.inc();
+        self.metrics.daemon_up.set(0);
+        self.status.send_modify(|s| {
+            s.daemon.running = false;
+            s.daemon.reachable = false;
+            s.daemon.exit = Some(status.to_string());
+        });
+    }
+}

@@ -1,0 +1,213 @@
+//! Turning `run`'s flags into a running [`Agent`], and the errors that end a run early.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use peerkeep_registry::registration::{NodeInfo, RegistrationConfig, new_instance_token};
+use peerkeep_registry::{EndpointName, Membership, NodeId, RegistryError};
+use peerkeep_supervise::{SpawnError, SuperviseError, Supervisor};
+use tokio::sync::watch;
+
+use super::daemon::{self, DaemonProbe};
+use super::{Agent, LifecycleParams, PhaseMachine};
+use crate::addresses::{AddressError, Addresses};
+use crate::cli::RunArgs;
+use crate::daemon_env::DaemonFacts;
+use crate::endpoints::{self, EndpointSpecError};
+use crate::health::metrics::Metrics;
+use crate::health::server::{self, BindError};
+use crate::health::status::{AgentStatus, LivenessParams};
+use crate::readiness::{Observation, Readiness, ReadinessParams};
+
+/// A loop silent this long fails liveness (the loop wakes at least every `--peer-poll`).
+const MIN_HEARTBEAT_LIMIT: Duration = Duration::from_secs(10);
+
+/// Why `run` ended without a daemon status to pass on.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// Signal handling or the reaper could not be set up.
+    #[error(transparent)]
+    Supervise(#[from] SuperviseError),
+    /// No usable node id.
+    #[error("node id: {0} (pass --node-id / PEERKEEP_NODE_ID; the default is the host name)")]
+    NodeId(String),
+    /// An address could not be resolved.
+    #[error(transparent)]
+    Address(#[from] AddressError),
+    /// An `--endpoint` is unusable.
+    #[error("--endpoint: {0}")]
+    Endpoint(String),
+    /// The health listener could not be bound.
+    #[error(transparent)]
+    Bind(#[from] BindError),
+    /// The daemon could not be started.
+    #[error(transparent)]
+    Spawn(#[from] SpawnError),
+    /// etcd options are unusable, or the registration ended (id taken: exit 4).
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+}
+
+impl RunError {
+    /// The exit code of DESIGN.md's table.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Self::Spawn(e) => e.exit_code(),
+            Self::Registry(e) => i32::from(e.exit_code()),
+            Self::Endpoint(_) => 2,
+            _ => 1,
+        }
+    }
+}
+
+impl From<EndpointSpecError> for RunError {
+    fn from(e: EndpointSpecError) -> Self {
+        Self::Endpoint(e.to_string())
+    }
+}
+
+fn node_id(flag: Option<NodeId>) -> Result<NodeId, RunError> {
+    if let Some(id) = flag {
+        return Ok(id);
+    }
+    let host = nix::unistd::gethostname()
+        .map_err(|e| RunError::NodeId(format!("cannot read the host name: {e}")))?;
+    let host = host.to_string_lossy();
+    host.parse()
+        .map_err(|e| RunError::NodeId(format!("host name {host:?} is not a valid id: {e}")))
+}
+
+/// Runs the agent: returns the exit code to use (the daemon's status), or the error that
+/// ended the run early (map it with [`RunError::exit_code`]).
+pub async fn run(args: RunArgs) -> Result<i32, RunError> {
+    let sup = Supervisor::new()?;
+    let requests = sup.shutdown_requests();
+
+    let id = node_id(args.node_id.clone())?;
+    let policy = args.etcd.policy();
+    let keyspace = args.etcd.keyspace()?;
+    let etcd_options = args.etcd.options()?;
+    endpoints::check_unique(&args.endpoints)?;
+
+    let addrs = Addresses::resolve(&args.addresses, policy).await?;
+    addrs.log();
+    let record_endpoints = endpoints::build(
+        &args.endpoints,
+        addrs.advertise_ip(),
+        addrs.private_ip(),
+        args.health_listen.port(),
+    )
+    .map_err(|e| RunError::Endpoint(e.to_string()))?;
+    for ep in record_endpoints.values() {
+        if let Err(e) = policy.check(ep) {
+            return Err(RunError::Endpoint(e.to_string()));
+        }
+    }
+    let facts = DaemonFacts {
+        node_id: id.clone(),
+        advertise_ip: addrs.advertise_ip(),
+        private_ip: addrs.private_ip(),
+        endpoints: record_endpoints.clone(),
+    };
+
+    let instance = new_instance_token();
+    let mut status = AgentStatus::new(id.to_string(), instance.clone());
+    let (adv_status, prv_status) = addrs.status();
+    status.advertise = Some(adv_status);
+    status.private = Some(prv_status);
+    status.endpoints = record_endpoints
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    status.etcd_endpoints = etcd_options.endpoints.clone();
+    status.etcd_user = etcd_options.auth.as_ref().map(|c| c.user.clone());
+    let (status_tx, status_rx) = watch::channel(status);
+    let metrics = Arc::new(Metrics::new());
+
+    let listener = server::bind(args.health_listen).await?;
+    let liveness = LivenessParams {
+        heartbeat_limit: MIN_HEARTBEAT_LIMIT.max(args.peer_poll * 5),
+        unanswered_limit: args.unready_after,
+    };
+    tokio::spawn({
+        let metrics = Arc::clone(&metrics);
+        async move {
+            if let Err(e) = server::serve(listener, status_rx, metrics, liveness).await {
+                tracing::error!(error = %e, "health server stopped");
+            }
+        }
+    });
+    tracing::info!(listen = %args.health_listen, "health server listening");
+
+    // Lazy: never fails because etcd is down.
+    let etcd = peerkeep_registry::connect(&etcd_options).await?;
+    let membership = Membership::start(etcd.clone(), keyspace.clone(), policy);
+
+    let mut cmd = daemon::command(&args.daemon, &facts)
+        .ok_or_else(|| RunError::NodeId("no daemon given after --".to_owned()))?;
+    let child = sup.spawn(&mut cmd)?;
+    sup.forward_to(&child);
+    tracing::info!(pid = child.pid().as_raw(), program = ?args.daemon.first(), "daemon started");
+    status_tx.send_modify(|s| {
+        s.daemon.pid = Some(child.pid().as_raw());
+        s.daemon.running = true;
+    });
+
+    let probe = match record_endpoints.get(&EndpointName::p2p()) {
+        Some(p2p) => DaemonProbe::Tcp(std::net::SocketAddr::new(addrs.private_ip(), p2p.port())),
+        None => DaemonProbe::Running,
+    };
+    let mut reg_config = RegistrationConfig::new(keyspace, id).with_ttl(args.lease_ttl);
+    if let Some(t) = args.claim_timeout {
+        reg_config.claim_timeout = t;
+    }
+    reg_config.instance = instance;
+    reg_config.version = format!("peerkeep-agent {}", env!("CARGO_PKG_VERSION"));
+    let mut reg_info = NodeInfo::new(record_endpoints);
+    reg_info.labels = args.labels.iter().cloned().collect();
+
+    let max_peers = args.max_peers.unwrap_or(args.min_peers * 2);
+    tracing::debug!(
+        min_peers = args.min_peers,
+        max_peers,
+        strict_peers = args.strict_peers,
+        "peer targets (the peer keeper applies them)"
+    );
+    let agent = Agent {
+        params: LifecycleParams {
+            readiness: ReadinessParams {
+                min_peers: args.min_peers,
+                max_lag: args.max_lag,
+                unready_after: args.unready_after,
+            },
+            poll: args.peer_poll,
+            drain_delay: args.drain_delay,
+            stop_signal: args.stop_signal,
+            stop_timeout: args.stop_timeout,
+        },
+        sup,
+        requests,
+        daemon: child,
+        probe,
+        etcd,
+        reg_config,
+        reg_info,
+        registration: None,
+        view: membership.subscribe(),
+        status: status_tx,
+        metrics,
+        phase: PhaseMachine::default(),
+        readiness: Readiness::default(),
+        observation: Observation {
+            reachable: false,
+            lag: None,
+            peers: None,
+            other_live: 0,
+        },
+        last_answer: None,
+        published_state: None,
+    };
+    let result = agent.run().await;
+    drop(membership);
+    result
+}

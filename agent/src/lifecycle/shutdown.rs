@@ -1,0 +1,111 @@
+//! Leaving: the shutdown sequence on TERM/INT, and the daemon exiting on its own.
+//!
+//! The sequence is the one of DESIGN.md and issue 4, in this order because each step protects
+//! the next: readiness false (so `/readyz` fails at once) → record `draining` in etcd (load
+//! balancers and peers stop choosing the node) → wait `--drain-delay` (in-flight requests drain)
+//! → revoke the lease (the record and slot disappear) → `--stop-signal` + CONT to the daemon's
+//! process group → wait `--stop-timeout` → SIGKILL, logged as unclean → sweep leftovers when
+//! PID 1 → exit with the daemon's status. A second TERM/INT skips whatever waits remain; etcd
+//! trouble never blocks the stop (every etcd step is bounded).
+
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use peerkeep_registry::NodeState;
+use peerkeep_supervise::ExitStatus;
+
+use super::{Agent, Phase, REVOKE_TIMEOUT, SWEEP_GRACE};
+
+impl Agent {
+    /// The shutdown sequence; returns the exit code (the daemon's status).
+    pub(super) async fn shutdown(mut self, signal: Signal) -> i32 {
+        self.phase
+            .advance(Phase::Draining, &format!("{signal} received"));
+        let skip = self.requests.clone();
+        let skipped = || skip.at_least(2);
+        // Readiness false first: /readyz fails from this moment on.
+        self.publish_status();
+
+        if let Some(reg) = &self.registration {
+            let generation = reg.set_state(NodeState::Draining);
+            self.published_state = Some(NodeState::Draining);
+            self.publish_status();
+            let bound = self.params.drain_delay.max(Duration::from_secs(1));
+            tokio::select! {
+                r = tokio::time::timeout(bound, reg.written(generation)) => match r {
+                    Ok(Ok(())) => tracing::info!("record marked draining"),
+                    Ok(Err(e)) => tracing::warn!(error = %e, "could not mark the record draining"),
+                    Err(_) => tracing::warn!(waited = ?bound, "etcd did not confirm draining in time; continuing"),
+                },
+                _ = skipped() => tracing::info!("second shutdown request: skipping the drain"),
+            }
+            if skip.received() < 2 {
+                tracing::info!(delay = ?self.params.drain_delay, "waiting for load balancers to drain");
+                tokio::select! {
+                    () = tokio::time::sleep(self.params.drain_delay) => {}
+                    _ = skipped() => tracing::info!("second shutdown request: skipping the drain delay"),
+                }
+            }
+        }
+        self.revoke().await;
+
+        self.phase
+            .advance(Phase::Stopping, "drained; stopping the daemon");
+        self.publish_status();
+        let outcome = self
+            .sup
+            .stop(
+                &self.daemon,
+                self.params.stop_signal,
+                self.params.stop_timeout,
+                skipped(),
+            )
+            .await;
+        if outcome.killed {
+            tracing::error!(
+                status = %outcome.status,
+                stop_timeout = ?self.params.stop_timeout,
+                "daemon killed with SIGKILL: unclean stop (raise --stop-timeout if it needs longer)"
+            );
+        } else {
+            tracing::info!(status = %outcome.status, "daemon stopped");
+        }
+        self.daemon_gone(outcome.status);
+        self.finish(outcome.status).await
+    }
+
+    /// The daemon exited without being asked: deregister at once and pass its status on.
+    pub(super) async fn daemon_exited(mut self, status: ExitStatus) -> i32 {
+        tracing::warn!(%status, "daemon exited on its own; deregistering");
+        self.phase.advance(Phase::Stopping, "daemon exited");
+        self.daemon_gone(status);
+        self.publish_status();
+        self.revoke().await;
+        self.finish(status).await
+    }
+
+    async fn revoke(&mut self) {
+        let Some(reg) = self.registration.take() else {
+            return;
+        };
+        match tokio::time::timeout(REVOKE_TIMEOUT, reg.revoke()).await {
+            Ok(Ok(())) => tracing::info!("lease revoked; record removed"),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "could not revoke the lease; the record expires with it")
+            }
+            Err(_) => tracing::warn!(
+                waited = ?REVOKE_TIMEOUT,
+                "lease revocation timed out; the record expires with the lease"
+            ),
+        }
+    }
+
+    async fn finish(mut self, status: ExitStatus) -> i32 {
+        self.sup.sweep(SWEEP_GRACE).await;
+        self.phase.advance(Phase::Exited, "daemon reaped");
+        self.publish_status();
+        let code = status.to_exit_code();
+        tracing::info!(%status, exit_code = code, "agent exiting");
+        code
+    }
+}
