@@ -18,6 +18,8 @@ pub(crate) enum NodeKeyHolder {
     Absent,
     /// The key carries our instance token (our own key, possibly under an older lease).
     Ours,
+    /// The value is not a record; see [`node_key_holder`].
+    Unreadable,
     /// Another instance holds it.
     Other {
         /// Its instance token, or a description when the value cannot be read.
@@ -38,9 +40,10 @@ struct HolderFields {
 
 /// Decides who holds the node key from its current value (`None` when absent).
 ///
-/// A value that is not a record at all is treated as held by someone unknown: overwriting what
-/// we cannot read could steal the id of a live node running a newer format; waiting for the
-/// claim timeout and then reporting it lets an operator decide.
+/// A value that is not a record at all is reported as [`NodeKeyHolder::Unreadable`]. When
+/// claiming, it counts as held by someone unknown: overwriting what we cannot read could steal
+/// the id of a live node running a newer format, so we wait for the claim timeout and report it.
+/// Once registered, it is damage to our own key and is repaired.
 pub(crate) fn node_key_holder(value: Option<&[u8]>, our_instance: &str) -> NodeKeyHolder {
     let Some(bytes) = value else {
         return NodeKeyHolder::Absent;
@@ -51,10 +54,7 @@ pub(crate) fn node_key_holder(value: Option<&[u8]>, our_instance: &str) -> NodeK
             instance: h.instance,
             started_at: h.started_at,
         },
-        Err(_) => NodeKeyHolder::Other {
-            instance: "(unreadable record)".to_owned(),
-            started_at: String::new(),
-        },
+        Err(_) => NodeKeyHolder::Unreadable,
     }
 }
 
@@ -184,10 +184,10 @@ mod tests {
                 started_at: "t1".into()
             }
         );
-        assert!(matches!(
+        assert_eq!(
             node_key_holder(Some(b"garbage"), "abc"),
-            NodeKeyHolder::Other { .. }
-        ));
+            NodeKeyHolder::Unreadable
+        );
     }
 
     #[test]

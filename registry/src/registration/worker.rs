@@ -221,16 +221,23 @@ impl Worker {
         let slots = gets.pop().unwrap_or_default();
         let node = gets.pop().unwrap_or_default();
         let node_kv = node.first();
-        let holder = node_key_holder(node_kv.map(|kv| kv.value()), &self.cfg.instance);
-        if let NodeKeyHolder::Other {
-            instance,
-            started_at,
-        } = holder
-        {
-            return Ok(Claim::Held(IdHolder {
+        match node_key_holder(node_kv.map(|kv| kv.value()), &self.cfg.instance) {
+            NodeKeyHolder::Absent | NodeKeyHolder::Ours => {}
+            NodeKeyHolder::Unreadable => {
+                return Ok(Claim::Held(IdHolder {
+                    instance: "(unreadable record)".to_owned(),
+                    started_at: String::new(),
+                }));
+            }
+            NodeKeyHolder::Other {
                 instance,
                 started_at,
-            }));
+            } => {
+                return Ok(Claim::Held(IdHolder {
+                    instance,
+                    started_at,
+                }));
+            }
         }
         let holders = slot_holders(&slots_prefix, slots.iter().map(|kv| (kv.key(), kv.value())));
         let choice = choose_slot(&holders, &self.cfg.id, self.slot).ok_or_else(|| {
