@@ -68,14 +68,21 @@ async fn watcher_sees_puts_deletes_and_drain_requests() {
     etcd.put(&node_key("n2"), &record("n2", "ready", "10.0.0.2:3000"));
     etcd.put("/t/clusters/c/control/n2", r#"{"drain":true}"#);
     etcd.put("/t/clusters/c/slots/1", "n1");
-    etcd.put("/t/clusters/other/nodes/x", &record("x", "ready", "10.0.0.3:1"));
+    etcd.put(
+        "/t/clusters/other/nodes/x",
+        &record("x", "ready", "10.0.0.3:1"),
+    );
     let s = eventually_async(DEADLINE, "n1 ready, n2 drain requested", || async {
         let s = m.snapshot();
         let ready = s.records.values().filter(|r| r.state.as_str() == "ready");
         (ready.count() == 2 && !s.drain_requested.is_empty()).then_some(s)
     })
     .await;
-    assert_eq!(ids(&s), ["n1", "n2"], "the other cluster is not in the view");
+    assert_eq!(
+        ids(&s),
+        ["n1", "n2"],
+        "the other cluster is not in the view"
+    );
     assert_eq!(s.invalid_total, 0);
 
     assert!(etcd.etcdctl(&["del", &node_key("n1")]).status.success());
@@ -110,7 +117,11 @@ async fn subscriber_held_behind_across_compaction_ends_equal_to_fresh_read() {
         m.snapshot().stale_since.is_some().then_some(())
     })
     .await;
-    assert_eq!(ids(&m.snapshot()), ["n1", "n2"], "a stale view keeps its records");
+    assert_eq!(
+        ids(&m.snapshot()),
+        ["n1", "n2"],
+        "a stale view keeps its records"
+    );
     etcd.put(&node_key("n2"), &record("n2", "draining", "10.0.0.2:3000"));
     etcd.put(&node_key("n3"), &record("n3", "ready", "10.0.0.3:3000"));
     assert!(etcd.etcdctl(&["del", &node_key("n1")]).status.success());
@@ -119,7 +130,11 @@ async fn subscriber_held_behind_across_compaction_ends_equal_to_fresh_read() {
         .expect("read")
         .revision;
     let out = etcd.etcdctl(&["compact", &revision.to_string()]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     proxy.restore();
 
     let fresh = read_once(&direct, &keyspace(), LAX).await.expect("read");
@@ -153,7 +168,11 @@ async fn etcd_stopped_marks_view_stale_and_restart_makes_it_fresh_and_correct() 
         s.stale_since.is_some().then_some(s)
     })
     .await;
-    assert_eq!(ids(&stale), ["n1"], "an outage does not look like an empty cluster");
+    assert_eq!(
+        ids(&stale),
+        ["n1"],
+        "an outage does not look like an empty cluster"
+    );
 
     etcd.start_again();
     etcd.put(&node_key("n2"), &record("n2", "ready", "10.0.0.2:3000"));
@@ -179,10 +198,16 @@ async fn invalid_entries_of_each_kind_are_skipped_and_counted_and_good_ones_stay
     let invalid: Vec<(String, String)> = vec![
         (node_key("notjson"), "not json".to_owned()),
         (node_key("big"), big),
-        (node_key("mismatch"), record("someone-else", "ready", "10.0.0.1:1")),
+        (
+            node_key("mismatch"),
+            record("someone-else", "ready", "10.0.0.1:1"),
+        ),
         (node_key("bad id"), record("bad id", "ready", "10.0.0.1:1")),
         (node_key("badname"), bad_ep_name),
-        (node_key("badep"), record("badep", "ready", "example.com:80")),
+        (
+            node_key("badep"),
+            record("badep", "ready", "example.com:80"),
+        ),
         (node_key("port0"), record("port0", "ready", "10.0.0.1:0")),
         (node_key("badstate"), bad_state),
         (node_key("zero"), record("zero", "ready", "0.0.0.0:3000")),
@@ -201,7 +226,12 @@ async fn invalid_entries_of_each_kind_are_skipped_and_counted_and_good_ones_stay
     );
     let lax = Membership::start(client(&etcd.endpoint()).await, keyspace(), LAX);
     let s = wait_for_ids(&strict, &["good"]).await;
-    assert_eq!(s.invalid_total, invalid.len() as u64 + 1, "{:#?}", s.skipped);
+    assert_eq!(
+        s.invalid_total,
+        invalid.len() as u64 + 1,
+        "{:#?}",
+        s.skipped
+    );
     assert_eq!(s.skipped.len(), invalid.len() + 1);
     assert!(
         s.skipped
@@ -211,7 +241,9 @@ async fn invalid_entries_of_each_kind_are_skipped_and_counted_and_good_ones_stay
         s.skipped
     );
     assert!(
-        s.skipped.iter().any(|k| k.key == r#""/t/clusters/c/nodes/bad id""#),
+        s.skipped
+            .iter()
+            .any(|k| k.key == r#""/t/clusters/c/nodes/bad id""#),
         "keys are shown escaped: {:#?}",
         s.skipped
     );
@@ -224,7 +256,10 @@ async fn invalid_entries_of_each_kind_are_skipped_and_counted_and_good_ones_stay
 
     // A valid value replacing an invalid one is picked up; the count only grows with new
     // invalid revisions.
-    etcd.put(&node_key("badstate"), &record("badstate", "ready", "10.0.0.5:1"));
+    etcd.put(
+        &node_key("badstate"),
+        &record("badstate", "ready", "10.0.0.5:1"),
+    );
     let s = wait_for_ids(&strict, &["badstate", "good"]).await;
     assert_eq!(s.invalid_total, invalid.len() as u64 + 1);
     assert_eq!(s.skipped.len(), invalid.len());
