@@ -1,0 +1,253 @@
+//! `peerkeep-agent run` as a supervisor: shutdown order, exit codes, crashes, exec failures,
+//! signal forwarding, reaping, and what the daemon is told. Real etcd, the real agent binary,
+//! `/bin/sh` daemons. Build the binary first: `cargo build -p peerkeep-agent --bins`.
+
+mod agent_support;
+
+use std::time::{Duration, Instant};
+
+use agent_support::{
+    AgentProc, DEADLINE, alive, record, record_state, sh, strs, wait_file, zombie_children,
+};
+use nix::sys::signal::Signal;
+use peerkeep_tests::{Etcd, eventually};
+
+/// A daemon with no p2p endpoint counts as answering as soon as it runs, so it registers at once.
+fn registered(etcd: &Etcd, agent: &AgentProc) {
+    eventually(DEADLINE, "the node registered", || {
+        record(etcd, &agent.node_id).map(|_| ())
+    });
+}
+
+#[test]
+fn sigterm_marks_draining_before_the_daemon_is_signalled_and_removes_the_key_before_exit() {
+    let etcd = Etcd::start();
+    let key = agent_support::node_key("n-drain");
+    // At TERM, the daemon records what etcd holds for its key at that moment, then exits 0.
+    let daemon = sh(&format!(
+        "trap 'ETCDCTL_API=3 etcdctl --endpoints={} get {key} --print-value-only > at_term.txt; \
+         touch got_term; exit 0' TERM; while :; do sleep 0.05; done",
+        etcd.endpoint()
+    ));
+    let mut agent = AgentProc::start(
+        &etcd.endpoint(),
+        "n-drain",
+        &["--drain-delay", "1500ms"],
+        &strs(&daemon),
+    );
+    registered(&etcd, &agent);
+    wait_file(&agent.path("daemon.pid"), "daemon started");
+
+    agent.signal(Signal::SIGTERM);
+    eventually(DEADLINE, "record says draining", || {
+        (record_state(&etcd, "n-drain").as_deref() == Some("draining")).then_some(())
+    });
+    assert!(
+        !agent.path("got_term").exists(),
+        "the daemon was signalled before the record said draining"
+    );
+    let status = agent.wait_exit(DEADLINE);
+    assert_eq!(status.code(), Some(0), "log:\n{}", agent.log());
+    assert!(agent.path("got_term").exists(), "daemon never got TERM");
+    let at_term = std::fs::read_to_string(agent.path("at_term.txt")).expect("daemon wrote it");
+    assert_eq!(
+        at_term.trim(),
+        "",
+        "the key was still there when the daemon got its stop signal"
+    );
+    assert!(record(&etcd, "n-drain").is_none(), "key left after exit");
+}
+
+#[test]
+fn daemon_killed_by_term_gives_exit_code_143() {
+    let etcd = Etcd::start();
+    let daemon = sh("exec sleep 600");
+    let mut agent = AgentProc::start(
+        &etcd.endpoint(),
+        "n-143",
+        &["--drain-delay", "0s"],
+        &strs(&daemon),
+    );
+    registered(&etcd, &agent);
+    agent.signal(Signal::SIGTERM);
+    let status = agent.wait_exit(DEADLINE);
+    assert_eq!(status.code(), Some(143), "log:\n{}", agent.log());
+}
+
+#[test]
+fn daemon_ignoring_term_past_stop_timeout_is_killed_with_exit_code_137() {
+    let etcd = Etcd::start();
+    let daemon = sh("trap '' TERM; while :; do sleep 0.05; done");
+    let mut agent = AgentProc::start(
+        &etcd.endpoint(),
+        "n-137",
+        &["--drain-delay", "0s", "--stop-timeout", "1s"],
+        &strs(&daemon),
+    );
+    registered(&etcd, &agent);
+    let started = Instant::now();
+    agent.signal(Signal::SIGTERM);
+    let status = agent.wait_exit(DEADLINE);
+    assert_eq!(status.code(), Some(137), "log:\n{}", agent.log());
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "killed before --stop-timeout"
+    );
+    assert!(
+        agent.log().contains("unclean"),
+        "SIGKILL not logged as unclean:\n{}",
+        agent.log()
+    );
+    let daemon_pid = agent.daemon_pid().expect("daemon wrote its pid");
+    assert!(!alive(daemon_pid), "daemon survived");
+}
+
+#[test]
+fn second_term_skips_the_remaining_waits() {
+    let etcd = Etcd::start();
+    let daemon = sh("trap '' TERM; while :; do sleep 0.05; done");
+    let mut agent = AgentProc::start(
+        &etcd.endpoint(),
+        "n-skip",
+        &["--drain-delay", "30s", "--stop-timeout", "30s"],
+        &strs(&daemon),
+    );
+    registered(&etcd, &agent);
+    let started = Instant::now();
+    agent.signal(Signal::SIGTERM);
+    eventually(DEADLINE, "record says draining", || {
+        (record_state(&etcd, "n-skip").as_deref() == Some("draining")).then_some(())
+    });
+    agent.signal(Signal::SIGTERM);
+    let status = agent.wait_exit(DEADLINE);
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "waits not skipped"
+    );
+    assert_eq!(status.code(), Some(137), "log:\n{}", agent.log());
+    assert!(record(&etcd, "n-skip").is_none(), "key left after exit");
+}
+
+#[test]
+fn daemon_crash_removes_the_key_at_once_and_passes_its_exit_code() {
+    let etcd = Etcd::start();
+    let daemon = sh("while [ ! -e crash ]; do sleep 0.02; done; exit 7");
+    let mut agent = AgentProc::start(&etcd.endpoint(), "n-crash", &[], &strs(&daemon));
+    registered(&etcd, &agent);
+    std::fs::write(agent.path("crash"), "").expect("touch crash");
+    let crashed = Instant::now();
+    let status = agent.wait_exit(DEADLINE);
+    assert_eq!(status.code(), Some(7), "log:\n{}", agent.log());
+    // Revoked, not expired: gone well within one TTL (2 s) of the crash.
+    assert!(
+        record(&etcd, "n-crash").is_none(),
+        "key still there after the agent exited"
+    );
+    assert!(
+        crashed.elapsed() < Duration::from_secs(2),
+        "deregistration took {:?}",
+        crashed.elapsed()
+    );
+}
+
+#[test]
+fn exec_failure_exits_127_or_126_with_a_clear_message() {
+    let etcd = Etcd::start();
+    let mut missing = AgentProc::start(&etcd.endpoint(), "n-127", &[], &["/nonexistent/daemon"]);
+    let status = missing.wait_exit(DEADLINE);
+    assert_eq!(status.code(), Some(127), "log:\n{}", missing.log());
+    let log = missing.log();
+    assert!(
+        log.contains("/nonexistent/daemon") && log.contains("not found"),
+        "unclear message:\n{log}"
+    );
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let not_exec = dir.path().join("daemon.sh");
+    std::fs::write(&not_exec, "#!/bin/sh\nexit 0\n").expect("write script");
+    let path = not_exec.to_str().expect("utf-8 path");
+    let mut denied = AgentProc::start(&etcd.endpoint(), "n-126", &[], &[path]);
+    let status = denied.wait_exit(DEADLINE);
+    assert_eq!(status.code(), Some(126), "log:\n{}", denied.log());
+    assert!(
+        denied.log().contains("not executable"),
+        "log:\n{}",
+        denied.log()
+    );
+}
+
+#[test]
+fn usr1_is_forwarded_to_the_daemon() {
+    let etcd = Etcd::start();
+    let daemon = sh("trap 'touch got_usr1' USR1; touch trap_set; while :; do sleep 0.05; done");
+    let agent = AgentProc::start(&etcd.endpoint(), "n-usr1", &[], &strs(&daemon));
+    wait_file(&agent.path("trap_set"), "daemon installed its USR1 trap");
+    agent.signal(Signal::SIGUSR1);
+    wait_file(&agent.path("got_usr1"), "daemon got USR1");
+    assert!(
+        alive(agent.daemon_pid().expect("pid")),
+        "USR1 stopped the daemon"
+    );
+}
+
+#[test]
+fn no_zombie_is_left_after_the_daemon_abandons_grandchildren() {
+    let etcd = Etcd::start();
+    // Each subshell backgrounds a grandchild and exits at once: the grandchildren are orphaned,
+    // re-parented to the agent (subreaper), and must be reaped when they exit.
+    let daemon =
+        sh("for i in 1 2 3 4 5; do ( (sleep 0.3; touch done.$i) & ); done; exec sleep 600");
+    let agent = AgentProc::start(&etcd.endpoint(), "n-reap", &[], &strs(&daemon));
+    for i in 1..=5 {
+        wait_file(&agent.path(&format!("done.{i}")), "orphan finished");
+    }
+    let agent_pid = agent.pid();
+    eventually(DEADLINE, "no zombie children of the agent", || {
+        zombie_children(agent_pid).is_empty().then_some(())
+    });
+    assert!(
+        alive(agent.daemon_pid().expect("pid")),
+        "daemon should still run"
+    );
+}
+
+#[test]
+fn placeholders_and_environment_reach_the_daemon() {
+    let etcd = Etcd::start();
+    let daemon = [
+        "/bin/sh",
+        "-c",
+        "echo $$ > daemon.pid; \
+         echo \"$PEERKEEP_ADVERTISE_IP|$PEERKEEP_PRIVATE_IP|$PEERKEEP_NODE_ID|$PEERKEEP_ENDPOINT_P2P|$PEERKEEP_ENDPOINT_API|$PEERKEEP_ENDPOINT_HEALTH\" > env.tmp; \
+         echo \"$1|$2|$3\" > args.tmp; mv env.tmp env.txt; mv args.tmp args.txt; exec sleep 600",
+        "sh",
+        "--nat=extip:{advertise_ip}",
+        "-bind={private_ip}",
+        "{node_id}-{unknown}",
+    ];
+    let agent = AgentProc::start(
+        &etcd.endpoint(),
+        "n-env",
+        &[
+            "--advertise",
+            "env:PEERKEEP_TEST_NOT_SET,ip:127.0.0.2",
+            "--endpoint",
+            "p2p=:30303",
+            "--endpoint",
+            "api=:8545",
+        ],
+        &daemon,
+    );
+    wait_file(&agent.path("args.txt"), "daemon wrote its arguments");
+    let args = std::fs::read_to_string(agent.path("args.txt")).expect("args");
+    assert_eq!(
+        args.trim(),
+        "--nat=extip:127.0.0.2|-bind=127.0.0.1|n-env-{unknown}"
+    );
+    let env = std::fs::read_to_string(agent.path("env.txt")).expect("env");
+    let health = agent.health.port();
+    assert_eq!(
+        env.trim(),
+        format!("127.0.0.2|127.0.0.1|n-env|127.0.0.2:30303|127.0.0.1:8545|127.0.0.1:{health}")
+    );
+}
