@@ -13,7 +13,7 @@ use std::ffi::OsString;
 use std::process::{Command, ExitCode};
 use std::time::Duration;
 
-use peerkeep_supervise::{Signal, Supervisor};
+use peerkeep_supervise::{Signal, Supervisor, SweepOutcome};
 
 const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time left to stragglers after the command stopped, when PID 1.
@@ -78,7 +78,9 @@ async fn run(args: Args) -> i32 {
             outcome.status
         }
     };
-    sup.sweep(SWEEP_GRACE).await;
+    if let SweepOutcome::Killed { .. } = sup.sweep(SWEEP_GRACE).await {
+        eprintln!("mini-init: processes left after {SWEEP_GRACE:?} were killed");
+    }
     status.to_exit_code()
 }
 

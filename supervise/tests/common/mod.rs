@@ -74,6 +74,21 @@ pub async fn eventually<T>(what: &str, mut cond: impl FnMut() -> Option<T>) -> T
     }
 }
 
+/// Blocking [`eventually`], for tests that do not run a supervisor.
+pub fn eventually_blocking<T>(what: &str, mut cond: impl FnMut() -> Option<T>) -> T {
+    let end = Instant::now() + DEADLINE;
+    loop {
+        if let Some(value) = cond() {
+            return value;
+        }
+        assert!(
+            Instant::now() < end,
+            "timed out after {DEADLINE:?} waiting for: {what}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// Waits until `path` exists.
 pub async fn file_appears(path: &Path) {
     eventually(&format!("{} to exist", path.display()), || {
@@ -113,6 +128,10 @@ pub fn our_zombies() -> Vec<Pid> {
 }
 
 /// Path of an example binary built next to this test's `deps/` directory.
+///
+/// Cargo builds examples for a plain `cargo nextest run -p peerkeep-supervise`, but not when
+/// targets are selected (`--test mini_init`): then the binary may be missing or stale, and
+/// this says so instead of testing old code.
 pub fn example_bin(name: &str) -> PathBuf {
     let mut dir = std::env::current_exe().unwrap();
     dir.pop();
@@ -120,9 +139,20 @@ pub fn example_bin(name: &str) -> PathBuf {
         dir.pop();
     }
     let path = dir.join("examples").join(name);
+    let rebuild = "build it with `cargo build -p peerkeep-supervise --examples`";
+    let built = std::fs::metadata(&path)
+        .and_then(|m| m.modified())
+        .unwrap_or_else(|_| panic!("{} is missing: {rebuild}", path.display()));
+    let crate_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let newest_source = ["src", "examples"]
+        .iter()
+        .flat_map(|sub| std::fs::read_dir(crate_dir.join(sub)).unwrap())
+        .filter_map(|entry| entry.ok()?.metadata().ok()?.modified().ok())
+        .max()
+        .unwrap();
     assert!(
-        path.exists(),
-        "{} is missing: build it with `cargo build -p peerkeep-supervise --examples`",
+        built >= newest_source,
+        "{} is older than its sources: {rebuild}",
         path.display()
     );
     path
