@@ -1,0 +1,75 @@
+//! The agent through etcd outages: the daemon starts and keeps running, liveness stays OK, and
+//! the registration comes back by itself. Real etcd stopped and restarted on the same ports.
+
+mod agent_support;
+
+use std::time::{Duration, Instant};
+
+use agent_support::{AgentProc, DEADLINE, alive, record, sh, strs};
+use peerkeep_tests::{Etcd, eventually};
+
+#[test]
+fn etcd_down_at_start_the_daemon_still_runs_and_registration_follows() {
+    let mut etcd = Etcd::start();
+    etcd.stop();
+    let daemon = sh("exec sleep 600");
+    let agent = AgentProc::start(&etcd.endpoint(), "n-early", &[], &strs(&daemon));
+
+    let pid = eventually(DEADLINE, "daemon started without etcd", || {
+        agent.daemon_pid()
+    });
+    assert!(alive(pid));
+    eventually(DEADLINE, "alive without etcd", || {
+        (agent.health_cmd("live").0 == 0).then_some(())
+    });
+    let status = agent.status().expect("/status");
+    assert_ne!(status["registration"], "registered", "{status}");
+
+    etcd.start_again();
+    let rec = eventually(DEADLINE, "registered once etcd is up", || {
+        record(&etcd, "n-early")
+    });
+    assert_eq!(rec["state"], "ready");
+    assert_eq!(agent.daemon_pid(), Some(pid), "daemon restarted");
+    assert!(alive(pid));
+}
+
+#[test]
+fn etcd_stopped_for_three_ttls_leaves_the_daemon_alone_and_registration_returns() {
+    let mut etcd = Etcd::start();
+    let daemon = sh("exec sleep 600");
+    let agent = AgentProc::start(&etcd.endpoint(), "n-outage", &[], &strs(&daemon));
+    let before = eventually(DEADLINE, "registered", || record(&etcd, "n-outage"));
+    let pid = agent.daemon_pid().expect("daemon pid");
+
+    etcd.stop();
+    // The outage is the scenario: three lease TTLs (2 s each) without etcd.
+    let outage = Instant::now();
+    while outage.elapsed() < Duration::from_secs(6) {
+        assert_eq!(
+            agent.health_cmd("live").0,
+            0,
+            "liveness failed during the outage"
+        );
+        assert!(alive(pid), "daemon died during the outage");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let status = agent.status().expect("/status");
+    assert_ne!(
+        status["registration"], "registered",
+        "outage unnoticed: {status}"
+    );
+
+    etcd.start_again();
+    let after = eventually(DEADLINE, "registration back", || record(&etcd, "n-outage"));
+    assert_eq!(after["instance"], before["instance"], "same agent instance");
+    assert_eq!(after["slot"], before["slot"], "slot kept");
+    eventually(DEADLINE, "/status says registered", || {
+        agent
+            .status()
+            .filter(|s| s["registration"] == "registered")
+            .map(|_| ())
+    });
+    assert_eq!(agent.daemon_pid(), Some(pid));
+    assert!(alive(pid), "daemon touched");
+}
