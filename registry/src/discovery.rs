@@ -198,7 +198,7 @@ async fn nodes(
     Ok(axum::Json(json!({
         "cluster": api.0.cluster,
         "revision": snap.revision,
-        "stale": snap.stale_since.is_some(),
+        "stale": snap.is_stale(),
         "nodes": nodes,
     }))
     .into_response())
@@ -232,7 +232,7 @@ async fn seeds(
     Ok(axum::Json(json!({
         "cluster": api.0.cluster,
         "revision": snap.revision,
-        "stale": snap.stale_since.is_some(),
+        "stale": snap.is_stale(),
         "seeds": picked,
     }))
     .into_response())

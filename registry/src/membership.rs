@@ -64,6 +64,22 @@ impl Membership {
         self.rx.borrow().clone()
     }
 
+    /// Waits for the first successful read of the cluster and returns that snapshot (at once if
+    /// it already happened). Consumers that must not act on an empty, unloaded view start here.
+    pub async fn first_read(&self) -> Arc<MembershipSnapshot> {
+        let mut rx = self.rx.clone();
+        loop {
+            let snap = rx.borrow_and_update().clone();
+            if snap.initialized {
+                return snap;
+            }
+            if rx.changed().await.is_err() {
+                // The task only ends by panicking; hand back what there is rather than hang.
+                return rx.borrow().clone();
+            }
+        }
+    }
+
     /// A receiver that is notified of every new snapshot. A receiver that lags behind only ever
     /// sees the latest one.
     pub fn subscribe(&self) -> watch::Receiver<Arc<MembershipSnapshot>> {

@@ -90,6 +90,11 @@ impl MembershipSnapshot {
         true
     }
 
+    /// Whether the view is the last one known rather than current (the watch is broken).
+    pub fn is_stale(&self) -> bool {
+        self.stale_since.is_some()
+    }
+
     /// How long the view has been stale, if it is.
     pub fn stale_for(&self) -> Option<Duration> {
         self.stale_since

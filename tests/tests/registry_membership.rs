@@ -264,3 +264,26 @@ async fn invalid_entries_of_each_kind_are_skipped_and_counted_and_good_ones_stay
     assert_eq!(s.invalid_total, invalid.len() as u64 + 1);
     assert_eq!(s.skipped.len(), invalid.len());
 }
+
+/// A SIGSTOPped etcd keeps its connections open and answers nothing; only the connection's
+/// HTTP/2 pings (10 s interval, 5 s timeout) reveal it, so this takes ~15 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heavy_hung_etcd_is_noticed_as_stale_and_recovers_when_it_answers_again() {
+    let etcd = EtcdServer::start();
+    let m = Membership::start(client(&etcd.endpoint()).await, keyspace(), LAX);
+    etcd.put(&node_key("n1"), &record("n1", "ready", "10.0.0.1:3000"));
+    let first = m.first_read().await;
+    assert!(first.initialized);
+    wait_for_ids(&m, &["n1"]).await;
+
+    etcd.pause();
+    let stale = eventually_async(Duration::from_secs(45), "hung etcd noticed", || async {
+        let s = m.snapshot();
+        s.is_stale().then_some(s)
+    })
+    .await;
+    assert_eq!(ids(&stale), ["n1"]);
+    etcd.resume();
+    etcd.put(&node_key("n2"), &record("n2", "ready", "10.0.0.2:3000"));
+    wait_for_ids(&m, &["n1", "n2"]).await;
+}
