@@ -152,7 +152,7 @@ pub fn liveness(s: &AgentStatus, p: &LivenessParams, now: Instant) -> Result<(),
 /// `/readyz`: `Ok` or the reason.
 pub fn readiness(s: &AgentStatus) -> Result<(), String> {
     if s.lifecycle != "running" {
-        return Err(format!("{}", s.lifecycle));
+        return Err(s.lifecycle.to_owned());
     }
     if s.drain_requested {
         return Err("draining (operator request)".to_owned());
