@@ -132,6 +132,8 @@ struct Inner {
     /// The endpoints joined by commas, for error messages.
     shown: String,
     auth: Option<Credentials>,
+    /// TLS is on but no client certificate is configured (for error hints).
+    tls_without_identity: bool,
     authenticated: AtomicBool,
     auth_lock: tokio::sync::Mutex<()>,
 }
@@ -169,6 +171,7 @@ pub async fn connect(opts: &EtcdOptions) -> Result<Etcd, RegistryError> {
             shown: endpoints.join(","),
             endpoints,
             auth: opts.auth.clone(),
+            tls_without_identity: opts.tls.as_ref().is_some_and(|t| t.cert.is_none()),
             authenticated: AtomicBool::new(false),
             auth_lock: tokio::sync::Mutex::new(()),
         }),
@@ -287,9 +290,17 @@ fn tls_options(files: &TlsFiles) -> Result<TlsOptions, RegistryError> {
     Ok(tls)
 }
 
+/// A status made on the client from a connection failure, rather than one etcd sent: tonic
+/// attaches the transport error as its source (and often reports it as `Unknown`).
+fn is_transport_status(s: &tonic::Status) -> bool {
+    std::error::Error::source(s).is_some()
+}
+
 fn is_unavailable(e: &etcd_client::Error) -> bool {
     match e {
-        etcd_client::Error::GRpcStatus(s) => s.code() == Code::Unavailable,
+        etcd_client::Error::GRpcStatus(s) => {
+            s.code() == Code::Unavailable || (s.code() == Code::Unknown && is_transport_status(s))
+        }
         etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
         _ => false,
     }
@@ -318,6 +329,11 @@ impl Etcd {
         let endpoints = self.inner.shown.clone();
         let detail = e.to_string();
         let status = match &e {
+            etcd_client::Error::GRpcStatus(s)
+                if s.code() == Code::Unknown && is_transport_status(s) =>
+            {
+                Some((Code::Unavailable, s.message().to_owned()))
+            }
             etcd_client::Error::GRpcStatus(s) => Some((s.code(), s.message().to_owned())),
             _ => None,
         };
@@ -327,7 +343,7 @@ impl Etcd {
                     RegistryError::Unreachable {
                         endpoints,
                         op,
-                        detail,
+                        detail: self.transport_detail(&e, detail),
                     }
                 }
                 _ => RegistryError::Request {
@@ -347,7 +363,7 @@ impl Etcd {
                 RegistryError::Unreachable {
                     endpoints,
                     op,
-                    detail: message,
+                    detail: self.transport_detail(&e, message),
                 }
             }
             Code::Unauthenticated => RegistryError::AuthFailed {
@@ -373,6 +389,29 @@ impl Etcd {
                 detail: message,
             },
         }
+    }
+
+    /// The message of a transport failure with its causes, which carry the useful part ("tcp
+    /// connect error: Connection refused", a TLS alert) under a generic top line. When TLS is on
+    /// without a client certificate, a hint: etcd with `--client-cert-auth` closes such
+    /// connections with nothing more specific than "operation was canceled".
+    fn transport_detail(&self, e: &etcd_client::Error, top: String) -> String {
+        let mut detail = top;
+        let mut source = std::error::Error::source(e);
+        while let Some(cause) = source {
+            let text = cause.to_string();
+            if !detail.contains(&text) {
+                detail = format!("{detail}: {text}");
+            }
+            source = cause.source();
+        }
+        if self.inner.tls_without_identity {
+            detail.push_str(
+                " (no client certificate was presented: if etcd runs with --client-cert-auth, \
+                 set --etcd-cert and --etcd-key)",
+            );
+        }
+        detail
     }
 
     /// Authenticates once, before the first request that needs it. Done here rather than in

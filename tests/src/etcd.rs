@@ -21,6 +21,8 @@ pub struct Etcd {
     peer_port: u16,
     extra_args: Vec<String>,
     scheme: &'static str,
+    /// `user:password` passed to etcdctl once a test has enabled auth.
+    etcdctl_user: Option<String>,
     child: Option<Child>,
 }
 
@@ -42,6 +44,7 @@ impl Etcd {
             peer_port: free_port(),
             extra_args,
             scheme,
+            etcdctl_user: None,
             child: None,
         };
         e.start_again();
@@ -157,11 +160,18 @@ impl Etcd {
         }
     }
 
+    /// Makes [`Self::etcdctl`] (and the health check of [`Self::start_again`]) authenticate,
+    /// for tests that enable etcd's auth.
+    pub fn set_etcdctl_user(&mut self, user: &str, password: &str) {
+        self.etcdctl_user = Some(format!("{user}:{password}"));
+    }
+
     /// Runs `etcdctl` (Debian `etcd-client`) against this etcd with API v3.
     pub fn etcdctl(&self, args: &[&str]) -> Output {
         Command::new("etcdctl")
             .env("ETCDCTL_API", "3")
             .arg(format!("--endpoints={}", self.endpoint()))
+            .args(self.etcdctl_user.iter().map(|u| format!("--user={u}")))
             .args(["--dial-timeout", "3s", "--command-timeout", "5s"])
             .args(args)
             .stdin(Stdio::null())
