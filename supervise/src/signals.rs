@@ -151,20 +151,22 @@ impl ShutdownRequests {
     }
 
     /// Resolves once at least `n` requests have arrived since the supervisor was created, with
-    /// the latest one. Never resolves if the runtime shuts the signal task down first.
+    /// the latest one (`n = 0` is taken as 1). Never resolves if the runtime shuts the signal
+    /// task down first.
     pub async fn at_least(&self, n: u32) -> ShutdownRequest {
+        let n = n.max(1);
         let mut rx = self.rx.clone();
-        let request = match rx.wait_for(|state| state.count >= n).await {
+        let latest = match rx.wait_for(|state| state.count >= n).await {
             Ok(state) => state.last.map(|signal| ShutdownRequest {
                 signal,
                 count: state.count,
             }),
             Err(_) => None,
         };
-        match request {
+        match latest {
             Some(request) => request,
-            // count >= n >= 1 implies `last` is set, so only n = 0 with no request lands here;
-            // treat it like a closed channel rather than invent a signal.
+            // A count of at least 1 always comes with `last` set, so this is the closed
+            // channel: the runtime is going away and no request will ever come.
             None => std::future::pending().await,
         }
     }
