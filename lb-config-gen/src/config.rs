@@ -13,8 +13,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use peerkeep_registry::EndpointName;
 use peerkeep_registry::names::validate_name;
+use peerkeep_registry::{ClusterName, EndpointName, Keyspace};
 use serde::Deserialize;
 
 /// Largest accepted `capacity`; the registry's slots stop at 65,535 too.
@@ -169,24 +169,25 @@ pub struct RawPerNode {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
     /// Defaults for the etcd flags (flags and environment win).
-    pub etcd: RawEtcd,
+    pub etcd: EtcdDefaults,
     /// HAProxy paths and global settings.
     pub haproxy: HaproxySettings,
     /// Services, in file order (names are unique).
     pub services: Vec<Service>,
 }
 
-impl PartialEq for RawEtcd {
-    fn eq(&self, o: &Self) -> bool {
-        (
-            &self.endpoints,
-            &self.cluster,
-            &self.prefix,
-            self.allow_loopback,
-        ) == (&o.endpoints, &o.cluster, &o.prefix, o.allow_loopback)
-    }
+/// `[etcd]`, validated: values used where the corresponding flag was not given.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EtcdDefaults {
+    /// etcd client URLs.
+    pub endpoints: Option<Vec<String>>,
+    /// The cluster.
+    pub cluster: Option<ClusterName>,
+    /// The key prefix (checked with [`Keyspace::new`]).
+    pub prefix: Option<String>,
+    /// Admit loopback addresses.
+    pub allow_loopback: Option<bool>,
 }
-impl Eq for RawEtcd {}
 
 /// A filesystem path made only of `[A-Za-z0-9/._-]`, absolute, so that it can be written into
 /// the HAProxy configuration without quoting.
@@ -493,21 +494,43 @@ impl RawConfig {
             }
         }
         check_unique(&mut p, &services);
-        if let Some(ep) = &self.etcd.endpoints
-            && ep.is_empty()
-        {
-            p.push("etcd.endpoints", "must name at least one URL when given");
-        }
+        let etcd = validate_etcd(&mut p, self.etcd);
         if p.0.is_empty()
             && let Some(haproxy) = haproxy
         {
             return Ok(Config {
-                etcd: self.etcd,
+                etcd,
                 haproxy,
                 services: services.into_iter().map(|(_, s)| s).collect(),
             });
         }
         Err(p.0)
+    }
+}
+
+fn validate_etcd(p: &mut Problems, raw: RawEtcd) -> EtcdDefaults {
+    if let Some(ep) = &raw.endpoints
+        && ep.is_empty()
+    {
+        p.push("etcd.endpoints", "must name at least one URL when given");
+    }
+    let cluster = raw.cluster.as_deref().and_then(|c| {
+        p.check(
+            "etcd.cluster",
+            c.parse::<ClusterName>().map_err(|e| e.to_string()),
+        )
+    });
+    if let Some(prefix) = &raw.prefix {
+        let _ = p.check(
+            "etcd.prefix",
+            Keyspace::new(prefix, ClusterName::default()).map_err(|e| e.to_string()),
+        );
+    }
+    EtcdDefaults {
+        endpoints: raw.endpoints,
+        cluster,
+        prefix: raw.prefix,
+        allow_loopback: raw.allow_loopback,
     }
 }
 
