@@ -21,6 +21,7 @@ use std::time::Duration;
 use nix::errno::Errno;
 use nix::unistd::Pid;
 use tokio::sync::{Notify, watch};
+use tokio::time::{Interval, MissedTickBehavior};
 use tracing::{debug, warn};
 
 use crate::status::ExitStatus;
@@ -56,6 +57,14 @@ pub(crate) struct ReapState {
     pub(crate) children_left: bool,
 }
 
+/// The reaper's periodic wake-up. Made by the caller inside the runtime, so a runtime without a
+/// time driver fails there and not in the background task.
+pub(crate) fn safety_tick() -> Interval {
+    let mut tick = tokio::time::interval(SAFETY_TICK);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    tick
+}
+
 /// The reaper's side: the table it serves, the state it publishes and its wake-up.
 #[derive(Debug)]
 pub(crate) struct Reaper {
@@ -78,10 +87,12 @@ impl Reaper {
     }
 
     /// Runs until SIGCHLD delivery stops (runtime shutdown): a pass on every SIGCHLD, every
-    /// [`SAFETY_TICK`] and every [`Reaper::kick`].
-    pub(crate) async fn run(self: Arc<Self>, mut sigchld: tokio::signal::unix::Signal) {
-        let mut tick = tokio::time::interval(SAFETY_TICK);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    /// [`safety_tick`] and every [`Reaper::kick`].
+    pub(crate) async fn run(
+        self: Arc<Self>,
+        mut sigchld: tokio::signal::unix::Signal,
+        mut tick: Interval,
+    ) {
         loop {
             self.pass();
             tokio::select! {

@@ -74,10 +74,15 @@ struct Inner {
 impl Supervisor {
     /// Installs handlers for SIGCHLD, TERM, INT and the forwarded signals, becomes a child
     /// subreaper unless this is PID 1, and starts the reaper. Must be called inside a tokio
-    /// runtime with the IO and time drivers enabled, before any child is spawned.
+    /// runtime, before any child is spawned.
     ///
     /// Only one supervisor may run per process at a time ([`SuperviseError::AlreadyRunning`]);
     /// share it by cloning.
+    ///
+    /// # Panics
+    ///
+    /// If the runtime was built without its IO or time driver (use `enable_all`), as tokio's
+    /// signal and timer constructors do; here rather than later in a background task.
     pub fn new() -> Result<Self, SuperviseError> {
         let runtime =
             tokio::runtime::Handle::try_current().map_err(|_| SuperviseError::NoRuntime)?;
@@ -86,6 +91,7 @@ impl Supervisor {
         }
         let guard = RunningGuard;
         let streams = Streams::install()?;
+        let safety_tick = crate::reaper::safety_tick();
         if !crate::is_pid1() {
             nix::sys::prctl::set_child_subreaper(true).map_err(SuperviseError::Subreaper)?;
         }
@@ -102,7 +108,7 @@ impl Supervisor {
             let reaper = Arc::clone(&reaper);
             async move {
                 let _guard = guard;
-                reaper.run(chld).await;
+                reaper.run(chld, safety_tick).await;
             }
         });
         runtime.spawn(signals::dispatch(
@@ -125,8 +131,10 @@ impl Supervisor {
     /// `process_group` set on `cmd` is replaced). The child starts with an empty signal mask,
     /// and every signal this process handles (the supervisor's included) at its default
     /// disposition; signals ignored by whoever started this process stay ignored, as `nohup`
-    /// expects, except SIGPIPE, which Rust ignores and std restores. Its stdio is whatever `cmd` says, but piped ends are closed here:
-    /// use [`Supervisor::run_output`] to capture output.
+    /// expects, except SIGPIPE, which Rust ignores and std restores.
+    ///
+    /// Its stdio is whatever `cmd` says, but piped ends are closed here: use
+    /// [`Supervisor::run_output`] to capture output.
     pub fn spawn(&self, cmd: &mut Command) -> Result<ChildHandle, SpawnError> {
         self.spawn_std(cmd).map(|(handle, _child)| handle)
     }
