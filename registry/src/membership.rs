@@ -254,6 +254,17 @@ impl Watcher {
                 return WatchEnd::Relist;
             }
             if resp.created() {
+                let current = resp.header().map_or(i64::MAX, |h| h.revision());
+                if current < next - 1 {
+                    // etcd came back with an older history (restored or wiped): a watch from our
+                    // revision would wait for revisions that mean something else. Start over.
+                    tracing::warn!(
+                        current,
+                        expected_at_least = next - 1,
+                        "etcd's revision went backwards; reading the cluster again"
+                    );
+                    return WatchEnd::Relist;
+                }
                 *delays = retry_delays();
                 if self.stale_since.take().is_some() {
                     tracing::info!(from = next, "watch re-established; the view is current");
