@@ -35,7 +35,7 @@ pub enum SweepOutcome {
     Exited,
     /// SIGKILL was needed; `remaining` is true if children were still left after it.
     Killed {
-        /// Children still present after SIGKILL and [`AFTER_KILL`].
+        /// Children were still present 5 s after SIGKILL (stuck in uninterruptible sleep).
         remaining: bool,
     },
 }

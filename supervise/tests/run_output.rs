@@ -113,3 +113,30 @@ fn missing_program_is_a_spawn_error_with_127() {
         }
     });
 }
+
+#[test]
+fn concurrent_commands_each_get_their_own_output_and_status() {
+    with_supervisor(|sup| async move {
+        let mut tasks = tokio::task::JoinSet::new();
+        for task in 0..4 {
+            let sup = sup.clone();
+            tasks.spawn(async move {
+                for round in 0..25 {
+                    let code = (task * 25 + round) % 256;
+                    let script = format!("echo {task}-{round}; exit {code}");
+                    let mut cmd = Command::new("/bin/sh");
+                    cmd.arg("-c").arg(script);
+                    let output = sup
+                        .run_output(&mut cmd, Some(common::DEADLINE))
+                        .await
+                        .unwrap();
+                    assert_eq!(output.stdout, format!("{task}-{round}\n").as_bytes());
+                    assert_eq!(output.status, ExitStatus::Code(code));
+                }
+            });
+        }
+        while let Some(done) = tasks.join_next().await {
+            done.unwrap();
+        }
+    });
+}
