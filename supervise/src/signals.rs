@@ -3,7 +3,8 @@
 //!
 //! Handlers are installed (with `sigaction`, through tokio) before anything is spawned, because
 //! the kernel drops signals to PID 1 that have no handler. Children do not inherit them: `exec`
-//! resets caught signals to their default, and std clears the signal mask and restores SIGPIPE.
+//! resets caught signals to their default (the spawner also clears the child's signal mask,
+//! which std does not, and std restores SIGPIPE).
 //! SIGCHLD is never ignored (`SIG_IGN` would make the kernel auto-reap and `waitpid` fail).
 //!
 //! tokio coalesces deliveries: two TERMs in quick succession may be seen as one request.
@@ -83,6 +84,8 @@ pub(crate) async fn dispatch(
     requests: watch::Sender<ShutdownState>,
     target: ForwardTarget,
 ) {
+    // One small task per stream funnels arrivals into one queue, so they are handled in order
+    // by a single loop; the JoinSet aborts them if this task ends.
     let mut arrivals = tokio::task::JoinSet::new();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     for (sig, mut stream) in shutdown.into_iter().chain(forwarded) {
