@@ -154,3 +154,22 @@ fn status_and_metrics_show_what_operators_need() {
         assert!(metrics.contains(name), "{name} missing:\n{metrics}");
     }
 }
+
+#[test]
+fn health_defaults_to_peerkeep_health_listen_with_unspecified_mapped_to_loopback() {
+    let etcd = Etcd::start();
+    let daemon = agent_support::sh("exec sleep 600");
+    let agent = AgentProc::start(&etcd.endpoint(), "n-env-addr", &[], &strs(&daemon));
+    eventually(DEADLINE, "health server up", || {
+        agent.get("/livez").map(|_| ())
+    });
+    let port = agent.health.port();
+    let out = Command::new(workspace_bin("peerkeep-agent"))
+        .arg("health")
+        .env("PEERKEEP_HEALTH_LISTEN", format!("0.0.0.0:{port}"))
+        .output()
+        .expect("run health");
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("/livez 200"), "{text}");
+}

@@ -251,3 +251,57 @@ fn placeholders_and_environment_reach_the_daemon() {
         format!("127.0.0.2|127.0.0.1|n-env|127.0.0.2:30303|127.0.0.1:8545|127.0.0.1:{health}")
     );
 }
+
+#[test]
+fn node_id_held_by_another_live_instance_exits_4_naming_the_holder() {
+    let etcd = Etcd::start();
+    let first_daemon = sh("exec sleep 600");
+    let first = AgentProc::start(&etcd.endpoint(), "n-dup", &[], &strs(&first_daemon));
+    let held = eventually(DEADLINE, "first agent registered", || {
+        record(&etcd, "n-dup")
+    });
+    let holder = held["instance"].as_str().expect("instance").to_owned();
+
+    let second_daemon = sh("exec sleep 600");
+    let mut second = AgentProc::start(
+        &etcd.endpoint(),
+        "n-dup",
+        &["--claim-timeout", "2s", "--stop-timeout", "2s"],
+        &strs(&second_daemon),
+    );
+    let status = second.wait_exit(DEADLINE);
+    assert_eq!(status.code(), Some(4), "log:\n{}", second.log());
+    assert!(
+        second.log().contains(&holder),
+        "holder not named:\n{}",
+        second.log()
+    );
+    let second_pid = second.daemon_pid().expect("second daemon started");
+    assert!(!alive(second_pid), "second daemon left running");
+
+    let after = record(&etcd, "n-dup").expect("first record kept");
+    assert_eq!(after["instance"], holder.as_str());
+    assert!(alive(first.daemon_pid().expect("first daemon")));
+}
+
+#[test]
+fn json_log_format_writes_one_object_per_line() {
+    let etcd = Etcd::start();
+    let daemon = sh("exec sleep 600");
+    let mut agent = AgentProc::start(
+        &etcd.endpoint(),
+        "n-json",
+        &["--log-format", "json", "--drain-delay", "0s"],
+        &strs(&daemon),
+    );
+    registered(&etcd, &agent);
+    agent.signal(Signal::SIGTERM);
+    agent.wait_exit(DEADLINE);
+    let log = agent.log();
+    let lines: Vec<&str> = log.lines().filter(|l| l.starts_with('{')).collect();
+    assert!(lines.len() >= 3, "too few JSON lines:\n{log}");
+    for line in lines {
+        let v: serde_json::Value = serde_json::from_str(line).expect("each line is JSON");
+        assert!(v["level"].is_string() && v["fields"].is_object(), "{line}");
+    }
+}
