@@ -46,6 +46,8 @@ enum KeyKind<'k> {
 pub(crate) struct Tracker {
     keyspace: Keyspace,
     policy: AddressPolicy,
+    nodes_prefix: String,
+    control_prefix: String,
     nodes: BTreeMap<String, Entry<NodeRecord>>,
     /// `Ok(Some(id))` when the key asks `id` to drain, `Ok(None)` for a valid "don't drain".
     control: BTreeMap<String, Entry<Option<NodeId>>>,
@@ -59,6 +61,8 @@ impl Tracker {
     /// An empty, uninitialized view of the keyspace's cluster.
     pub fn new(keyspace: Keyspace, policy: AddressPolicy) -> Self {
         Self {
+            nodes_prefix: keyspace.nodes_prefix(),
+            control_prefix: keyspace.control_prefix(),
             keyspace,
             policy,
             nodes: BTreeMap::new(),
@@ -180,10 +184,9 @@ impl Tracker {
     }
 
     fn kind<'k>(&self, key: &'k str) -> KeyKind<'k> {
-        // Compare against owned prefixes once per key; the strings are short.
-        if let Some(segment) = key.strip_prefix(&self.keyspace.nodes_prefix()) {
+        if let Some(segment) = key.strip_prefix(self.nodes_prefix.as_str()) {
             KeyKind::Node(segment)
-        } else if let Some(segment) = key.strip_prefix(&self.keyspace.control_prefix()) {
+        } else if let Some(segment) = key.strip_prefix(self.control_prefix.as_str()) {
             KeyKind::Control(segment)
         } else {
             KeyKind::Other
