@@ -44,8 +44,8 @@ pub const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
 pub const MIN_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Attempts per request when etcd answers `Unavailable`.
-const UNAVAILABLE_ATTEMPTS: u32 = 3;
-/// Pause before the second attempt; doubled for the third.
+const UNAVAILABLE_ATTEMPTS: u32 = 4;
+/// Pause before the second attempt; two and three times as long before the next ones.
 const UNAVAILABLE_PAUSE: Duration = Duration::from_millis(25);
 
 /// Files for TLS to etcd (`https://` endpoints).
@@ -396,8 +396,15 @@ impl Etcd {
     /// without a client certificate, a hint: etcd with `--client-cert-auth` closes such
     /// connections with nothing more specific than "operation was canceled".
     fn transport_detail(&self, e: &etcd_client::Error, top: String) -> String {
+        use std::error::Error as _;
         let mut detail = top;
-        let mut source = std::error::Error::source(e);
+        // etcd-client's error does not expose its cause; the wrapped tonic values do.
+        let mut source = match e {
+            etcd_client::Error::GRpcStatus(s) => s.source(),
+            etcd_client::Error::TransportError(t) => t.source(),
+            etcd_client::Error::IoError(io) => io.source(),
+            other => other.source(),
+        };
         while let Some(cause) = source {
             let text = cause.to_string();
             if !detail.contains(&text) {
@@ -641,6 +648,7 @@ mod tests {
         let err = etcd.probe().await.expect_err("nothing listens on port 1");
         assert!(err.is_unreachable(), "{err:?}");
         assert!(err.to_string().contains("127.0.0.1:1"), "{err}");
+        assert!(err.to_string().contains("refused"), "says why: {err}");
     }
 
     #[tokio::test]

@@ -410,3 +410,31 @@ fn twenty_concurrent_registrations_get_twenty_distinct_slots() {
         );
     }
 }
+
+#[test]
+fn one_dead_endpoint_of_two_does_not_fail_requests() {
+    let etcd = Etcd::start();
+    let dead = format!("http://127.0.0.1:{}", peerkeep_tests::proc::free_port());
+    let rt = runtime();
+    let c = rt
+        .block_on(connect(&EtcdOptions {
+            connect_timeout: Duration::from_millis(500),
+            ..EtcdOptions::new([dead, etcd.endpoint()])
+        }))
+        .expect("connect is lazy");
+    let failures: Vec<String> = rt.block_on(async {
+        let mut failures = Vec::new();
+        for _ in 0..200 {
+            if let Err(e) = c.probe().await {
+                failures.push(e.to_string());
+            }
+        }
+        failures
+    });
+    assert!(
+        failures.is_empty(),
+        "{} of 200 failed: {:?}",
+        failures.len(),
+        failures.first()
+    );
+}
