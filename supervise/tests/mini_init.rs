@@ -24,6 +24,9 @@ use tempfile::TempDir;
 struct MiniInit {
     process: Child,
     dir: TempDir,
+    /// Started in its own pid namespace: the script's `$$` means nothing out here, and the
+    /// namespace dies with its init.
+    own_pid_namespace: bool,
 }
 
 impl MiniInit {
@@ -62,7 +65,11 @@ impl MiniInit {
             .stderr(File::create(dir.path().join("stderr")).unwrap())
             .process_group(0);
         let process = cmd.spawn().unwrap();
-        Self { process, dir }
+        Self {
+            process,
+            dir,
+            own_pid_namespace: wrapper.is_some(),
+        }
     }
 
     fn path(&self, name: &str) -> PathBuf {
@@ -88,12 +95,10 @@ impl MiniInit {
 
 impl Drop for MiniInit {
     fn drop(&mut self) {
-        if let Some(child) = read_pid(&self.path("child.pid")) {
-            // Only outside a pid namespace is this pid meaningful here; there the namespace
-            // dies with its init.
-            if !self.path("pid1").exists() {
-                let _ = killpg(child, Signal::SIGKILL);
-            }
+        if !self.own_pid_namespace
+            && let Some(child) = read_pid(&self.path("child.pid"))
+        {
+            let _ = killpg(child, Signal::SIGKILL);
         }
         let _ = self.process.kill();
         let _ = self.process.wait();
@@ -229,7 +234,7 @@ fn second_term_skips_the_stop_timeout() {
 fn as_pid1_leftover_processes_get_term_on_exit() {
     let script = "(trap 'echo swept > $D/orphan; exit 0' TERM; touch $D/ready; \
                   while :; do sleep 0.05; done) & \
-                  while [ ! -e $D/ready ]; do sleep 0.01; done; touch $D/pid1; exit 5";
+                  while [ ! -e $D/ready ]; do sleep 0.01; done; exit 5";
     let mut init = MiniInit::start_as_pid1(script);
     assert_eq!(init.exit_code(), 5);
     assert_eq!(
@@ -242,7 +247,7 @@ fn as_pid1_leftover_processes_get_term_on_exit() {
 #[test]
 fn as_pid1_leftovers_ignoring_term_are_killed_after_the_grace() {
     let script = "(trap '' TERM; touch $D/ready; exec sleep 30) & \
-                  while [ ! -e $D/ready ]; do sleep 0.01; done; touch $D/pid1; exit 0";
+                  while [ ! -e $D/ready ]; do sleep 0.01; done; exit 0";
     let started = Instant::now();
     let mut init = MiniInit::start_as_pid1(script);
     assert_eq!(init.exit_code(), 0);
