@@ -8,8 +8,8 @@
 //! last view stays published, marked stale, and the loop retries forever with jittered, capped
 //! backoff: an outage never looks like an empty cluster.
 //!
-//! Everything read goes through the private `tracker` module (record parsing, address policy, counting
-//! invalid entries); this module owns only the I/O and the stale flag.
+//! Everything read goes through the private `tracker` module (record parsing, address policy,
+//! counting invalid entries); this module owns only the I/O and the stale flag.
 
 mod tracker;
 
