@@ -14,6 +14,7 @@
 //! - [`readiness`]: the `ready` rule as a pure function.
 //! - [`resolve`]: address sources (`ip:`, `env:`, `iface:`, `cidr:`, `ec2:`, `route`, `hostname`).
 
+pub mod adapter;
 pub mod addresses;
 pub mod app;
 pub mod cli;
