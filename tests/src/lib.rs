@@ -11,14 +11,20 @@
 //! - [`wait`]: `eventually(deadline, condition)` instead of sleeps.
 //! - [`imds`]: a fake EC2 metadata service.
 //! - [`proc`]: free ports, spawning with a death signal, binary paths.
+//! - [`devnode`]: the reference P2P daemon (bin `devnode`) and [`DevNode`] to run it.
+//! - [`litecoind`]: real `litecoind -regtest` nodes with a small RPC client.
+//! - [`fakes`]: fake node APIs (Wavelet, nodeos, geth, CometBFT) for adapter contract tests.
 
 pub mod devnode;
 pub mod etcd;
+pub mod fakes;
 pub mod imds;
+pub mod litecoind;
 pub mod proc;
 pub mod proxy;
 pub mod wait;
 
+pub use devnode::DevNode;
 pub use etcd::Etcd;
 pub use proxy::TcpProxy;
 pub use wait::{eventually, eventually_async};
