@@ -3,8 +3,8 @@
 //!
 //! The decision is [`plan::plan`], a pure function of what the daemon reports, what the registry
 //! says and what the keeper remembers ([`state::KeeperState`]: pending connects and per-candidate
-//! backoff). The async loop around it only gathers those inputs and applies the actions. Two
-//! rules shape everything here, both learned from the shell scripts this replaces:
+//! backoff). The loop around it, [`run::PeerKeeper`], only gathers those inputs and applies the
+//! actions. Two rules shape everything here, both learned from the shell scripts this replaces:
 //!
 //! - *Disconnect only what asked to go*: a peer is disconnected only when its record says
 //!   `draining`, or to trim above the maximum degree. A record that vanished (its node died, or
@@ -14,7 +14,9 @@
 
 pub mod plan;
 pub mod rank;
+pub mod run;
 pub mod state;
 
-pub use plan::{Action, DisconnectReason, ObservedPeer, PeerDirection, Plan, PlanParams, plan};
-pub use state::KeeperState;
+pub use plan::{Action, DisconnectReason, Plan, PlanParams, plan};
+pub use run::{KeeperConfig, KeeperCounters, KeeperStatus, PeerKeeper};
+pub use state::{BackoffPolicy, KeeperState};

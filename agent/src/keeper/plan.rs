@@ -12,32 +12,13 @@ use std::time::Instant;
 use peerkeep_registry::{Endpoint, MembershipSnapshot, NodeId, NodeRecord, NodeState};
 use serde::Serialize;
 
+use crate::adapter::{Direction, Peer};
+
 use super::rank::weight;
 use super::state::KeeperState;
 
 /// Record labels whose value is a daemon-level peer identity (geth's enode id, for example).
 pub const IDENTITY_LABELS: [&str; 2] = ["identity", "enode"];
-
-/// Which side opened a connection, when the daemon says.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum PeerDirection {
-    /// The peer dialed us.
-    Inbound,
-    /// We dialed the peer.
-    Outbound,
-}
-
-/// One peer as the daemon reports it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ObservedPeer {
-    /// The peer's address as the daemon lists it.
-    pub addr: SocketAddr,
-    /// Connection direction, if known.
-    pub direction: Option<PeerDirection>,
-    /// Daemon-level identity (a node id in a user agent, an enode id), if known.
-    pub identity: Option<String>,
-}
 
 /// The keeper's parameters.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,6 +54,8 @@ pub enum Action {
         id: NodeId,
         /// Its advertised address.
         addr: Endpoint,
+        /// Its daemon-level identity from the record's labels (geth dials by enode id).
+        identity: Option<String>,
     },
     /// Drop a connected peer.
     Disconnect {
@@ -114,7 +97,7 @@ pub struct Plan {
 ///   `max_peers` (outbound first), plus, with `strict_peers` and a fresh view, unmapped ones;
 ///   unmapped peers are otherwise left alone, and a vanished record is just no candidate.
 pub fn plan(
-    observed: &[ObservedPeer],
+    observed: &[Peer],
     view: &MembershipSnapshot,
     params: &PlanParams,
     state: &KeeperState,
@@ -122,13 +105,13 @@ pub fn plan(
 ) -> Plan {
     let index = RecordIndex::new(view);
     let mut seen = BTreeSet::new();
-    let peers: Vec<&ObservedPeer> = observed.iter().filter(|p| seen.insert(p.addr)).collect();
+    let peers: Vec<&Peer> = observed.iter().filter(|p| seen.insert(p.addr)).collect();
 
     let mut out = Plan {
         degree: peers.len(),
         ..Plan::default()
     };
-    let mut keep: Vec<(&ObservedPeer, Option<&NodeRecord>)> = Vec::new();
+    let mut keep: Vec<(&Peer, Option<&NodeRecord>)> = Vec::new();
     for peer in &peers {
         let record = index.lookup(peer);
         match record {
@@ -175,10 +158,13 @@ pub fn plan(
 
     let want = params.min_peers.saturating_sub(remaining + out.in_flight);
     for id in out.candidates.iter().take(want) {
-        if let Some(addr) = view.records.get(id).and_then(NodeRecord::p2p) {
+        if let Some(rec) = view.records.get(id)
+            && let Some(addr) = rec.p2p()
+        {
             out.actions.push(Action::Connect {
                 id: id.clone(),
                 addr,
+                identity: identity_label(rec).map(str::to_owned),
             });
         }
     }
@@ -188,7 +174,7 @@ pub fn plan(
 /// Above `max_peers`, drops the lowest-ranked mapped peers, outbound before the rest; unmapped
 /// peers are not ours to judge and stay.
 fn trim_above_max(
-    keep: &mut Vec<(&ObservedPeer, Option<&NodeRecord>)>,
+    keep: &mut Vec<(&Peer, Option<&NodeRecord>)>,
     params: &PlanParams,
     actions: &mut Vec<Action>,
 ) {
@@ -200,7 +186,7 @@ fn trim_above_max(
         .enumerate()
         .filter_map(|(i, (peer, rec))| {
             let rec = (*rec)?;
-            let inbound_last = peer.direction != Some(PeerDirection::Outbound);
+            let inbound_last = peer.direction != Some(Direction::Outbound);
             Some((i, inbound_last, weight(&params.own_id, &rec.id)))
         })
         .collect();
@@ -219,6 +205,29 @@ fn trim_above_max(
     }
 }
 
+/// The daemon-level identity a record publishes in its labels, if any.
+pub fn identity_label(rec: &NodeRecord) -> Option<&str> {
+    IDENTITY_LABELS
+        .iter()
+        .find_map(|k| rec.labels.get(*k))
+        .map(String::as_str)
+}
+
+/// The ids of the records that the daemon's peers map to (ourselves excluded).
+pub fn connected_ids(
+    observed: &[Peer],
+    view: &MembershipSnapshot,
+    own: &NodeId,
+) -> BTreeSet<NodeId> {
+    let index = RecordIndex::new(view);
+    observed
+        .iter()
+        .filter_map(|p| index.lookup(p))
+        .filter(|r| &r.id != own)
+        .map(|r| r.id.clone())
+        .collect()
+}
+
 /// Maps daemon peers to records by `p2p` address or identity.
 struct RecordIndex<'v> {
     by_addr: BTreeMap<SocketAddr, &'v NodeRecord>,
@@ -234,10 +243,8 @@ impl<'v> RecordIndex<'v> {
                 by_addr.insert(p2p.addr(), r);
             }
             by_identity.insert(r.id.as_str(), r);
-            for key in IDENTITY_LABELS {
-                if let Some(v) = r.labels.get(key) {
-                    by_identity.insert(v.as_str(), r);
-                }
+            if let Some(v) = identity_label(r) {
+                by_identity.insert(v, r);
             }
         }
         Self {
@@ -246,7 +253,7 @@ impl<'v> RecordIndex<'v> {
         }
     }
 
-    fn lookup(&self, peer: &ObservedPeer) -> Option<&'v NodeRecord> {
+    fn lookup(&self, peer: &Peer) -> Option<&'v NodeRecord> {
         self.by_addr
             .get(&peer.addr)
             .or_else(|| {

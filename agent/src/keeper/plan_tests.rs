@@ -6,6 +6,7 @@ use std::time::{Duration, Instant, SystemTime};
 use peerkeep_registry::{AddressPolicy, MembershipSnapshot, NodeId, NodeRecord, NodeState, Slot};
 
 use super::*;
+use crate::adapter::{Direction, Peer};
 use crate::keeper::state::KeeperState;
 
 fn id(s: &str) -> NodeId {
@@ -42,8 +43,8 @@ fn view(states: &[NodeState]) -> MembershipSnapshot {
     MembershipSnapshot::from_records(records, 10, AddressPolicy::default())
 }
 
-fn peer(n: u8, dir: Option<PeerDirection>) -> ObservedPeer {
-    ObservedPeer {
+fn peer(n: u8, dir: Option<Direction>) -> Peer {
+    Peer {
         addr: addr(n),
         direction: dir,
         identity: None,
@@ -104,8 +105,8 @@ fn connects_up_to_k_from_ready_and_starting_records() {
 fn degree_counts_inbound_and_unmapped_peers() {
     let v = view(&[Ready, Ready, Ready, Ready]);
     let observed = [
-        peer(2, Some(PeerDirection::Inbound)),
-        ObservedPeer {
+        peer(2, Some(Direction::Inbound)),
+        Peer {
             addr: SocketAddr::from(([192, 0, 2, 9], 1)),
             direction: None,
             identity: None,
@@ -149,14 +150,14 @@ fn peers_map_by_identity_when_the_address_differs() {
         r.labels.insert("enode".into(), "abcdef".into());
     }
     let observed = [
-        ObservedPeer {
+        Peer {
             addr: SocketAddr::from(([10, 0, 0, 2], 51234)),
-            direction: Some(PeerDirection::Inbound),
+            direction: Some(Direction::Inbound),
             identity: Some("n1".into()),
         },
-        ObservedPeer {
+        Peer {
             addr: SocketAddr::from(([10, 0, 0, 3], 40000)),
-            direction: Some(PeerDirection::Inbound),
+            direction: Some(Direction::Inbound),
             identity: Some("abcdef".into()),
         },
     ];
@@ -218,7 +219,7 @@ fn only_draining_peers_are_disconnected() {
 fn vanished_record_is_not_disconnected() {
     // n1 is connected but its record is gone (dead, or cut off from etcd): leave it be.
     let v = view(&[Ready, Ready]);
-    let observed = [peer(9, Some(PeerDirection::Outbound))];
+    let observed = [peer(9, Some(Direction::Outbound))];
     let p = plan(
         &observed,
         &v,
@@ -296,10 +297,10 @@ fn empty_view_disconnects_nothing() {
 fn trims_above_max_lowest_ranked_outbound_first() {
     let v = view(&[Ready, Ready, Ready, Ready, Ready]);
     let observed = [
-        peer(2, Some(PeerDirection::Inbound)),
-        peer(3, Some(PeerDirection::Outbound)),
-        peer(4, Some(PeerDirection::Outbound)),
-        peer(5, Some(PeerDirection::Inbound)),
+        peer(2, Some(Direction::Inbound)),
+        peer(3, Some(Direction::Outbound)),
+        peer(4, Some(Direction::Outbound)),
+        peer(5, Some(Direction::Inbound)),
         peer(6, None),
     ];
     let p = plan(
@@ -323,7 +324,7 @@ fn trims_above_max_lowest_ranked_outbound_first() {
 fn trimming_never_touches_unmapped_peers() {
     let v = view(&[Ready]);
     let observed = [
-        peer(2, Some(PeerDirection::Outbound)),
+        peer(2, Some(Direction::Outbound)),
         peer(20, None),
         peer(21, None),
         peer(22, None),
