@@ -184,6 +184,8 @@ impl Registration {
     ///
     /// Fails only when the configuration is unusable (TTL too short, a record too large); etcd
     /// errors are retried and reported through [`Self::status`] and [`Self::events`].
+    ///
+    /// Must be called within a tokio runtime (the task is spawned on it).
     pub fn spawn(
         etcd: Etcd,
         config: RegistrationConfig,

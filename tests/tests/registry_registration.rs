@@ -378,7 +378,9 @@ fn second_instance_with_the_same_id_is_refused_then_takes_over_when_the_first_di
 
     // A third instance takes over within the claim timeout once the first dies.
     let third = spawn(&rt, &c, "n1");
-    std::thread::sleep(TTL / 2);
+    eventually(LONG, "the third instance waits for the id", || {
+        third.status().id_holder.map(drop)
+    });
     drop(first);
     let (_, slot) = wait_registered(&rt, &third);
     let r = record(&etcd, "n1").expect("record");
@@ -436,5 +438,33 @@ fn one_dead_endpoint_of_two_does_not_fail_requests() {
         "{} of 200 failed: {:?}",
         failures.len(),
         failures.first()
+    );
+}
+
+#[test]
+fn heavy_hung_etcd_is_detected_and_the_record_is_back_after_it_resumes() {
+    let etcd = Etcd::start();
+    let rt = runtime();
+    let c = client(&rt, etcd.endpoint());
+    let reg = spawn(&rt, &c, "n1");
+    wait_registered(&rt, &reg);
+
+    // SIGSTOP: connections stay open, nothing answers, no stream error arrives by itself.
+    etcd.pause();
+    eventually(LONG, "the silent keepalive stream is noticed", || {
+        (reg.status().state == RegistrationState::Unconfirmed).then_some(())
+    });
+    std::thread::sleep(3 * TTL);
+    etcd.resume();
+    let resumed = Instant::now();
+    eventually(REPAIR, "registered again after resume", || {
+        (reg.status().state == RegistrationState::Registered && record(&etcd, "n1").is_some())
+            .then_some(())
+    });
+    eprintln!("repaired {:?} after the fault ended", resumed.elapsed());
+    std::thread::sleep(TTL);
+    assert!(
+        record(&etcd, "n1").is_some(),
+        "still registered a TTL later"
     );
 }

@@ -118,6 +118,7 @@ impl Worker {
             match self.keep_phase().await {
                 KeepEnd::Lost => {
                     let lease = self.lease.take().unwrap_or_default();
+                    self.status.send_modify(|s| s.lease = None);
                     self.emit(RegistrationEvent::LeaseLost { lease });
                     self.transition(RegistrationState::Lost, "etcd reports the lease gone");
                 }
@@ -196,6 +197,11 @@ impl Worker {
                     }
                     if !failing {
                         tracing::warn!(node_id = %self.cfg.id, error = %e, "cannot register yet; retrying");
+                        if e.is_unreachable() {
+                            self.emit(RegistrationEvent::EtcdUnreachable {
+                                error: e.to_string(),
+                            });
+                        }
                         failing = true;
                     } else {
                         tracing::debug!(node_id = %self.cfg.id, error = %e, "registration attempt failed");
@@ -335,6 +341,7 @@ impl Worker {
             match opened {
                 Ok((keeper, stream)) => {
                     if down_since.take().is_some() {
+                        self.status.send_modify(|s| s.last_error = None);
                         self.emit(RegistrationEvent::Reconnected { lease });
                         self.transition(
                             RegistrationState::Registered,
