@@ -12,6 +12,7 @@ use peerkeep_registry::NodeId;
 use peerkeep_registry::cli_args::EtcdArgs;
 use peerkeep_registry::logging::LogArgs;
 
+use crate::adapter::AdapterArgs;
 use crate::endpoints::EndpointSpec;
 use crate::resolve::AddrSource;
 
@@ -87,6 +88,10 @@ pub struct RunArgs {
     #[command(flatten)]
     pub addresses: AddressArgs,
 
+    /// The daemon's API.
+    #[command(flatten)]
+    pub adapter: AdapterArgs,
+
     /// This node's id in the cluster. Default: the host name (the container id under Docker,
     /// so scaled replicas differ).
     #[arg(long, env = "PEERKEEP_NODE_ID", help_heading = "Node")]
@@ -152,15 +157,16 @@ pub struct RunArgs {
     #[arg(long, env = "PEERKEEP_UNREADY_AFTER", default_value = "30s", value_parser = humantime::parse_duration, value_name = "DURATION", help_heading = "Health")]
     pub unready_after: Duration,
 
-    /// Largest sync lag (blocks behind the best known head) at which the node is ready.
+    /// Oldest acceptable best block (e.g. 2m) for the node to be ready. Unset: the daemon's
+    /// own "synced" claim decides (right for chains that can go quiet, like regtest).
     #[arg(
         long,
         env = "PEERKEEP_MAX_LAG",
-        default_value_t = 2,
-        value_name = "BLOCKS",
+        value_parser = humantime::parse_duration,
+        value_name = "DURATION",
         help_heading = "Health"
     )]
-    pub max_lag: u64,
+    pub max_lag: Option<Duration>,
 
     /// Target number of peers, K. Readiness needs min(K, other live nodes).
     #[arg(

@@ -1,6 +1,7 @@
 //! The `ready` rule of DESIGN.md as a pure function, with its hysteresis.
 //!
-//! Ready means: the daemon answers, it is synced within `--max-lag`, and it has at least
+//! Ready means: the daemon answers, it is synced (by its own claim, and with its best block no
+//! older than `--max-lag` when that is set), and it has at least
 //! min(K, number of other live records) peers — so a cluster smaller than K+1 can be ready. A
 //! ready node falls back only when its lag exceeds `--max-lag` or the daemon stops answering
 //! (at once), or after staying short of peers for `--unready-after`: one peer dropping must not
@@ -14,8 +15,10 @@ use std::time::{Duration, Instant};
 pub struct Observation {
     /// The daemon answered its probe.
     pub reachable: bool,
-    /// Blocks (or the adapter's unit) behind the best known head; `None` if not reported.
-    pub lag: Option<u64>,
+    /// The daemon's own claim to be synced; `None` if the adapter cannot tell.
+    pub synced: Option<bool>,
+    /// Age of the daemon's best block; `None` if not reported.
+    pub lag: Option<Duration>,
     /// Peers the daemon reports, inbound included; `None` if not reported.
     pub peers: Option<usize>,
     /// Live records in the view other than this node.
@@ -27,8 +30,8 @@ pub struct Observation {
 pub struct ReadinessParams {
     /// K, `--min-peers`.
     pub min_peers: usize,
-    /// `--max-lag`.
-    pub max_lag: u64,
+    /// `--max-lag`: the oldest acceptable best block; `None` trusts the daemon's claim alone.
+    pub max_lag: Option<Duration>,
     /// `--unready-after`.
     pub unready_after: Duration,
 }
@@ -60,7 +63,11 @@ pub fn required_peers(min_peers: usize, other_live: usize) -> usize {
 
 /// Readiness after observing `obs` at `now`, given the previous value.
 pub fn next(prev: Readiness, obs: &Observation, p: &ReadinessParams, now: Instant) -> Readiness {
-    let synced = obs.lag.is_none_or(|lag| lag <= p.max_lag);
+    let within_lag = match (obs.lag, p.max_lag) {
+        (Some(lag), Some(max)) => lag <= max,
+        _ => true,
+    };
+    let synced = obs.synced.unwrap_or(true) && within_lag;
     if !obs.reachable || !synced {
         return Readiness::NotReady;
     }
@@ -89,14 +96,16 @@ mod tests {
 
     const P: ReadinessParams = ReadinessParams {
         min_peers: 3,
-        max_lag: 2,
+        max_lag: Some(Duration::from_secs(60)),
         unready_after: Duration::from_secs(30),
     };
 
+    /// `lag` in seconds; `synced` is the daemon's claim.
     fn obs(reachable: bool, lag: Option<u64>, peers: Option<usize>, others: usize) -> Observation {
         Observation {
             reachable,
-            lag,
+            synced: lag.map(|_| true),
+            lag: lag.map(Duration::from_secs),
             peers,
             other_live: others,
         }
@@ -115,8 +124,8 @@ mod tests {
         let rows: &[(&str, Readiness, Observation, Instant, Readiness)] = &[
             ("synced with K peers",                not,      obs(true, Some(0), Some(3), 9), s(0), ready),
             ("unreachable",                        ready,    obs(false, Some(0), Some(3), 9), s(0), not),
-            ("lag within max-lag",                 not,      obs(true, Some(2), Some(3), 9), s(0), ready),
-            ("lag over max-lag drops at once",     ready,    obs(true, Some(3), Some(3), 9), s(0), not),
+            ("lag within max-lag",                 not,      obs(true, Some(60), Some(3), 9), s(0), ready),
+            ("lag over max-lag drops at once",     ready,    obs(true, Some(61), Some(3), 9), s(0), not),
             ("short of peers, never ready",        not,      obs(true, Some(0), Some(2), 9), s(0), not),
             ("small cluster: min(K, others)",      not,      obs(true, Some(0), Some(1), 1), s(0), ready),
             ("lone bootstrap node",                not,      obs(true, Some(0), Some(0), 0), s(0), ready),
@@ -130,5 +139,28 @@ mod tests {
         for (name, prev, o, now, want) in rows {
             assert_eq!(next(*prev, o, &P, *now), *want, "{name}");
         }
+    }
+
+    #[test]
+    fn daemon_claim_and_unset_max_lag() {
+        let now = Instant::now();
+        let mut o = obs(true, Some(3600), Some(3), 3);
+        o.synced = Some(false);
+        assert_eq!(
+            next(Readiness::NotReady, &o, &P, now),
+            Readiness::NotReady,
+            "daemon says not synced"
+        );
+        o.synced = Some(true);
+        assert_eq!(
+            next(Readiness::NotReady, &o, &P, now),
+            Readiness::NotReady,
+            "an hour behind"
+        );
+        let trusting = ReadinessParams { max_lag: None, ..P };
+        assert!(
+            next(Readiness::NotReady, &o, &trusting, now).is_ready(),
+            "no --max-lag: the claim decides"
+        );
     }
 }

@@ -59,6 +59,17 @@ fn etcd_stopped_for_three_ttls_leaves_the_daemon_alone_and_registration_returns(
         status["registration"], "registered",
         "outage unnoticed: {status}"
     );
+    assert!(
+        status["view"]["stale_secs"]
+            .as_f64()
+            .is_some_and(|s| s > 1.0),
+        "view not reported stale: {status}"
+    );
+    let (_, metrics) = agent.get("/metrics").expect("/metrics");
+    assert!(
+        !metrics.contains("peerkeep_agent_etcd_errors_total 0\n"),
+        "etcd errors not counted:\n{metrics}"
+    );
 
     etcd.start_again();
     let after = eventually(DEADLINE, "registration back", || record(&etcd, "n-outage"));

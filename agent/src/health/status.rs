@@ -47,8 +47,12 @@ pub struct AgentStatus {
     pub view: ViewStatus,
     /// Peers the daemon reports, if the adapter can tell.
     pub peers: Option<usize>,
-    /// Sync lag, if the adapter can tell.
-    pub lag: Option<u64>,
+    /// The node adapter in use.
+    pub adapter: String,
+    /// The daemon's synced claim, if the adapter can tell.
+    pub synced: Option<bool>,
+    /// Age of the daemon's best block in seconds, if the adapter can tell.
+    pub lag_secs: Option<f64>,
     /// The advertised address.
     pub advertise: Option<AddressStatus>,
     /// The private address.
@@ -110,7 +114,9 @@ impl AgentStatus {
             lease_id: None,
             view: ViewStatus::default(),
             peers: None,
-            lag: None,
+            adapter: "none".to_owned(),
+            synced: None,
+            lag_secs: None,
             advertise: None,
             private: None,
             endpoints: BTreeMap::new(),

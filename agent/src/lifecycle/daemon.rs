@@ -1,14 +1,17 @@
 //! The daemon: its command line and environment, and how the agent asks whether it answers.
 //!
-//! The probe is the seam where node adapters plug in: with `--adapter none` "answers" means a
-//! TCP connect to the p2p port succeeds (the daemon accepts peers), and neither peers nor sync
-//! lag are known, so readiness reduces to reachability.
+//! With a node adapter, "answers" means its probe succeeds, and the same round reads the peers
+//! and the sync state. With `--adapter none` it means a TCP connect to the p2p port succeeds
+//! (the daemon accepts peers), and neither peers nor sync are known, so readiness reduces to
+//! reachability.
 
 use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::process::Command;
+use std::sync::Arc;
 use std::time::Duration;
 
+use crate::adapter::{AdapterError, NodeAdapter, Peer};
 use crate::daemon_env::DaemonFacts;
 
 /// Bound on one probe, so a hung daemon cannot stall the lifecycle loop.
@@ -25,17 +28,21 @@ pub fn command(daemon: &[OsString], facts: &DaemonFacts) -> Option<Command> {
 }
 
 /// What one probe learned.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct ProbeReport {
-    /// Sync lag, if the adapter reports it.
-    pub lag: Option<u64>,
-    /// Peer count, if the adapter reports it.
-    pub peers: Option<usize>,
+    /// The daemon's synced claim, if the adapter reports it.
+    pub synced: Option<bool>,
+    /// Age of the best block, if the adapter reports it.
+    pub lag: Option<Duration>,
+    /// The daemon's peers, if the adapter reports them (what the peer keeper will act on).
+    pub peers: Option<Vec<Peer>>,
 }
 
 /// How to ask the daemon whether it answers.
 #[derive(Debug, Clone)]
 pub enum DaemonProbe {
+    /// Through its API: probe, then peers and sync state.
+    Adapter(Arc<dyn NodeAdapter>),
     /// Connect to this address (the p2p port on the private address).
     Tcp(SocketAddr),
     /// No p2p endpoint and no adapter: a running daemon counts as answering.
@@ -56,6 +63,32 @@ impl DaemonProbe {
                 }
             }
             Self::Running => Ok(ProbeReport::default()),
+            Self::Adapter(adapter) => {
+                let bounded = async {
+                    adapter.probe().await.map_err(|e| e.to_string())?;
+                    let peers = optional(adapter.peers().await)?;
+                    let sync = optional(adapter.sync_status().await)?;
+                    Ok(ProbeReport {
+                        synced: sync.map(|s| s.synced),
+                        lag: sync.and_then(|s| s.lag),
+                        peers,
+                    })
+                };
+                // Adapters bound each call themselves; this bounds the three together.
+                tokio::time::timeout(PROBE_TIMEOUT * 3, bounded)
+                    .await
+                    .unwrap_or_else(|_| Err("node API did not answer in time".to_owned()))
+            }
         }
+    }
+}
+
+/// A call the adapter cannot make is "unknown"; any other failure fails the probe, since a
+/// half-answering API is not a daemon to send traffic to.
+fn optional<T>(r: Result<T, AdapterError>) -> Result<Option<T>, String> {
+    match r {
+        Ok(v) => Ok(Some(v)),
+        Err(AdapterError::Unsupported { .. }) => Ok(None),
+        Err(e) => Err(e.to_string()),
     }
 }

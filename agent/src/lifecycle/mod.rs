@@ -27,11 +27,11 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 use peerkeep_registry::registration::{
-    NodeInfo, Registration, RegistrationConfig, RegistrationStatus,
+    NodeInfo, Registration, RegistrationConfig, RegistrationEvent, RegistrationStatus,
 };
 use peerkeep_registry::{Etcd, MembershipSnapshot, NodeId, NodeState, RegistryError};
 use peerkeep_supervise::{ChildHandle, ExitStatus, ShutdownRequests, Supervisor};
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
 
 use crate::health::metrics::Metrics;
 use crate::health::status::AgentStatus;
@@ -44,6 +44,9 @@ pub use setup::{RunError, run};
 /// Probe interval until the daemon first answers: registration should follow the daemon's
 /// first answer closely, whatever `--peer-poll` is.
 const FIRST_ANSWER_POLL: Duration = Duration::from_millis(100);
+
+/// How often "daemon not answering yet" is repeated while waiting for the first answer.
+const WAITING_LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// Time allowed to revoke the lease before giving up and letting it expire.
 const REVOKE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -97,6 +100,9 @@ struct Agent {
     readiness: Readiness,
     observation: Observation,
     last_answer: Option<Instant>,
+    /// When "daemon not answering yet" was last logged (start time initially, so the first
+    /// message comes after one interval rather than on the very first probe).
+    waiting_logged: Instant,
     published_state: Option<NodeState>,
 }
 
@@ -108,6 +114,7 @@ enum Wake {
     Tick,
     ViewChanged,
     RegistrationChanged,
+    RegistrationEvent(RegistrationEvent),
 }
 
 impl Agent {
@@ -121,6 +128,7 @@ impl Agent {
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut polling_fast = true;
         let mut reg_status: Option<watch::Receiver<RegistrationStatus>> = None;
+        let mut reg_events: Option<broadcast::Receiver<RegistrationEvent>> = None;
         loop {
             let wake = {
                 let reg = self.registration.as_ref();
@@ -140,6 +148,12 @@ impl Agent {
                         Ok(()) => Wake::RegistrationChanged,
                         Err(_) => std::future::pending().await,
                     },
+                    r = async { match reg_events.as_mut() { Some(rx) => rx.recv().await, None => std::future::pending().await } } => match r {
+                        Ok(event) => Wake::RegistrationEvent(event),
+                        // Lagged: a burst of events was dropped; counts may undercount, nothing else.
+                        Err(broadcast::error::RecvError::Lagged(_)) => Wake::RegistrationChanged,
+                        Err(broadcast::error::RecvError::Closed) => std::future::pending().await,
+                    },
                 }
             };
             match wake {
@@ -156,10 +170,16 @@ impl Agent {
                     }
                     if reg_status.is_none() {
                         reg_status = self.registration.as_ref().map(Registration::watch_status);
+                        reg_events = self.registration.as_ref().map(Registration::events);
                     }
                 }
                 Wake::ViewChanged => self.apply_view(),
                 Wake::RegistrationChanged => {}
+                Wake::RegistrationEvent(event) => {
+                    if matches!(event, RegistrationEvent::EtcdUnreachable { .. }) {
+                        self.metrics.etcd_errors.inc();
+                    }
+                }
             }
             self.publish_record_state();
             self.publish_status();
@@ -172,18 +192,28 @@ impl Agent {
         let now = Instant::now();
         let result = self.probe.check().await;
         let reachable = result.is_ok();
-        if reachable != self.observation.reachable || self.last_answer.is_none() && reachable {
-            match &result {
-                Ok(_) => tracing::info!("daemon answers"),
-                Err(e) => tracing::warn!(error = %e, "daemon does not answer"),
+        let changed = reachable != self.observation.reachable;
+        let first_answer = self.last_answer.is_none() && reachable;
+        let still_waiting = self.last_answer.is_none()
+            && now.saturating_duration_since(self.waiting_logged) >= WAITING_LOG_EVERY;
+        match &result {
+            Ok(_) if changed || first_answer => tracing::info!("daemon answers"),
+            Err(e) if still_waiting => {
+                self.waiting_logged = now;
+                tracing::info!(error = %e, "daemon not answering yet");
             }
+            Err(e) if changed => tracing::warn!(error = %e, "daemon stopped answering"),
+            _ => {}
         }
         match result {
             Ok(report) => {
                 self.last_answer = Some(now);
                 self.observation.reachable = true;
+                self.observation.synced = report.synced;
                 self.observation.lag = report.lag;
-                self.observation.peers = report.peers;
+                self.observation.peers = report.peers.as_ref().map(Vec::len);
+                // Seam for the peer keeper: `report.peers` and the membership view are its
+                // inputs; its plan's connects and disconnects would be applied here.
                 self.status.send_modify(|s| {
                     s.daemon.reachable = true;
                     s.daemon.answered = true;
@@ -236,13 +266,10 @@ impl Agent {
         if drain != was {
             tracing::info!(drain_requested = drain, "operator drain key changed");
         }
-        let stale = snap.stale_for().map(|d| d.as_secs_f64());
-        self.metrics.view_age_seconds.set(stale.unwrap_or(0.0));
         self.status.send_modify(|s| {
             s.drain_requested = drain;
             s.view.revision = snap.revision;
             s.view.other_live = self.observation.other_live;
-            s.view.stale_secs = stale;
         });
     }
 
@@ -299,14 +326,19 @@ impl Agent {
         );
         m.daemon_up
             .set(i64::from(self.daemon.try_status().is_none()));
+        // Recomputed on every round: a stale view publishes no change while it ages.
+        let stale = self.view.borrow().stale_for().map(|d| d.as_secs_f64());
+        m.view_age_seconds.set(stale.unwrap_or(0.0));
         let now = Instant::now();
         self.status.send_modify(|s| {
             s.heartbeat = now;
+            s.view.stale_secs = stale;
             s.lifecycle = self.phase.get().as_str();
             s.state = self.published_state.map(NodeState::as_str);
             s.ready = self.readiness.is_ready();
             s.peers = self.observation.peers;
-            s.lag = self.observation.lag;
+            s.lag_secs = self.observation.lag.map(|d| d.as_secs_f64());
+            s.synced = self.observation.synced;
             s.daemon.last_answer_secs = self
                 .last_answer
                 .map(|t| now.saturating_duration_since(t).as_secs_f64());

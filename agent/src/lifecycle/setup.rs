@@ -10,6 +10,7 @@ use tokio::sync::watch;
 
 use super::daemon::{self, DaemonProbe};
 use super::{Agent, LifecycleParams, PhaseMachine};
+use crate::adapter::{self, AdapterKind, ConfigError};
 use crate::addresses::{AddressError, Addresses};
 use crate::cli::RunArgs;
 use crate::daemon_env::DaemonFacts;
@@ -43,6 +44,9 @@ pub enum RunError {
     /// The daemon could not be started.
     #[error(transparent)]
     Spawn(#[from] SpawnError),
+    /// The node adapter's configuration is unusable (exit 3).
+    #[error(transparent)]
+    Adapter(#[from] ConfigError),
     /// etcd options are unusable, or the registration ended (id taken: exit 4).
     #[error(transparent)]
     Registry(#[from] RegistryError),
@@ -55,6 +59,7 @@ impl RunError {
             Self::Spawn(e) => e.exit_code(),
             Self::Registry(e) => i32::from(e.exit_code()),
             Self::Endpoint(_) => 2,
+            Self::Adapter(_) => 3,
             _ => 1,
         }
     }
@@ -88,6 +93,7 @@ pub async fn run(args: RunArgs) -> Result<i32, RunError> {
     let keyspace = args.etcd.keyspace()?;
     let etcd_options = args.etcd.options()?;
     endpoints::check_unique(&args.endpoints)?;
+    let node_adapter = adapter::build(&args.adapter.to_config())?;
 
     let addrs = Addresses::resolve(&args.addresses, policy).await?;
     addrs.log();
@@ -120,6 +126,7 @@ pub async fn run(args: RunArgs) -> Result<i32, RunError> {
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
     status.etcd_endpoints = etcd_options.endpoints.clone();
+    status.adapter = node_adapter.kind().as_str().to_owned();
     status.etcd_user = etcd_options.auth.as_ref().map(|c| c.user.clone());
     let (status_tx, status_rx) = watch::channel(status);
     let metrics = Arc::new(Metrics::new());
@@ -153,9 +160,15 @@ pub async fn run(args: RunArgs) -> Result<i32, RunError> {
         s.daemon.running = true;
     });
 
-    let probe = match record_endpoints.get(&EndpointName::p2p()) {
-        Some(p2p) => DaemonProbe::Tcp(std::net::SocketAddr::new(addrs.private_ip(), p2p.port())),
-        None => DaemonProbe::Running,
+    let probe = match (
+        node_adapter.kind(),
+        record_endpoints.get(&EndpointName::p2p()),
+    ) {
+        (AdapterKind::None, Some(p2p)) => {
+            DaemonProbe::Tcp(std::net::SocketAddr::new(addrs.private_ip(), p2p.port()))
+        }
+        (AdapterKind::None, None) => DaemonProbe::Running,
+        _ => DaemonProbe::Adapter(node_adapter.clone()),
     };
     let mut reg_config = RegistrationConfig::new(keyspace, id).with_ttl(args.lease_ttl);
     if let Some(t) = args.claim_timeout {
@@ -200,11 +213,13 @@ pub async fn run(args: RunArgs) -> Result<i32, RunError> {
         readiness: Readiness::default(),
         observation: Observation {
             reachable: false,
+            synced: None,
             lag: None,
             peers: None,
             other_live: 0,
         },
         last_answer: None,
+        waiting_logged: std::time::Instant::now(),
         published_state: None,
     };
     let result = agent.run().await;

@@ -32,6 +32,7 @@ impl Agent {
             self.publish_status();
             let bound = self.params.drain_delay.max(Duration::from_secs(1));
             tokio::select! {
+                status = self.daemon.wait() => tracing::warn!(%status, "daemon exited while draining"),
                 r = tokio::time::timeout(bound, reg.written(generation)) => match r {
                     Ok(Ok(())) => tracing::info!("record marked draining"),
                     Ok(Err(e)) => tracing::warn!(error = %e, "could not mark the record draining"),
@@ -39,10 +40,12 @@ impl Agent {
                 },
                 _ = skipped() => tracing::info!("second shutdown request: skipping the drain"),
             }
-            if skip.received() < 2 {
+            if skip.received() < 2 && self.daemon.try_status().is_none() {
                 tracing::info!(delay = ?self.params.drain_delay, "waiting for load balancers to drain");
                 tokio::select! {
                     () = tokio::time::sleep(self.params.drain_delay) => {}
+                    // Nothing left to drain for: the daemon is gone.
+                    status = self.daemon.wait() => tracing::warn!(%status, "daemon exited while draining"),
                     _ = skipped() => tracing::info!("second shutdown request: skipping the drain delay"),
                 }
             }
