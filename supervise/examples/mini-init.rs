@@ -3,7 +3,7 @@
 //! TERM/INT kills at once), sweep leftovers when PID 1, and exit with the command's status.
 //!
 //! ```text
-//! mini-init [--stop-timeout-ms <ms>] [--] <program> [args...]
+//! mini-init [--stop-timeout-ms <ms>] [--sweep-grace-ms <ms>] [--] <program> [args...]
 //! ```
 //!
 //! Exit codes: the command's code or 128 + signal; 127/126 when it cannot be executed; 2 for
@@ -15,25 +15,33 @@ use std::time::Duration;
 
 use peerkeep_supervise::{Signal, Supervisor, SweepOutcome};
 
-const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(10);
-/// Time left to stragglers after the command stopped, when PID 1.
-const SWEEP_GRACE: Duration = Duration::from_secs(2);
+const USAGE: &str =
+    "usage: mini-init [--stop-timeout-ms <ms>] [--sweep-grace-ms <ms>] [--] <program> [args...]";
 
 struct Args {
+    /// How long the command gets to exit after SIGTERM before SIGKILL.
     stop_timeout: Duration,
+    /// How long leftover processes get after SIGTERM, when PID 1, before SIGKILL.
+    sweep_grace: Duration,
     argv: Vec<OsString>,
 }
 
+fn millis(flag: &str, value: Option<OsString>) -> Result<Duration, String> {
+    value
+        .and_then(|v| v.to_str().and_then(|v| v.parse::<u64>().ok()))
+        .map(Duration::from_millis)
+        .ok_or_else(|| format!("{flag} needs a number of milliseconds\n{USAGE}"))
+}
+
 fn parse(mut args: impl Iterator<Item = OsString>) -> Result<Args, String> {
-    let mut stop_timeout = DEFAULT_STOP_TIMEOUT;
+    let mut stop_timeout = Duration::from_secs(10);
+    let mut sweep_grace = Duration::from_secs(2);
     let mut argv = Vec::new();
     while let Some(arg) = args.next() {
         if arg == "--stop-timeout-ms" {
-            let ms = args
-                .next()
-                .and_then(|v| v.to_str().and_then(|v| v.parse::<u64>().ok()))
-                .ok_or("--stop-timeout-ms needs a number of milliseconds")?;
-            stop_timeout = Duration::from_millis(ms);
+            stop_timeout = millis("--stop-timeout-ms", args.next())?;
+        } else if arg == "--sweep-grace-ms" {
+            sweep_grace = millis("--sweep-grace-ms", args.next())?;
         } else {
             if arg != "--" {
                 argv.push(arg);
@@ -42,9 +50,13 @@ fn parse(mut args: impl Iterator<Item = OsString>) -> Result<Args, String> {
         }
     }
     if argv.is_empty() {
-        return Err("usage: mini-init [--stop-timeout-ms <ms>] [--] <program> [args...]".into());
+        return Err(USAGE.into());
     }
-    Ok(Args { stop_timeout, argv })
+    Ok(Args {
+        stop_timeout,
+        sweep_grace,
+        argv,
+    })
 }
 
 async fn run(args: Args) -> i32 {
@@ -78,8 +90,9 @@ async fn run(args: Args) -> i32 {
             outcome.status
         }
     };
-    if let SweepOutcome::Killed { .. } = sup.sweep(SWEEP_GRACE).await {
-        eprintln!("mini-init: processes left after {SWEEP_GRACE:?} were killed");
+    if let SweepOutcome::Killed { .. } = sup.sweep(args.sweep_grace).await {
+        let grace = args.sweep_grace;
+        eprintln!("mini-init: processes left after {grace:?} were killed");
     }
     status.to_exit_code()
 }

@@ -35,7 +35,7 @@ impl MiniInit {
     }
 
     /// As PID 1 of a new pid namespace (with its own /proc), killed with it when dropped.
-    fn start_as_pid1(script: &str) -> Self {
+    fn start_as_pid1(init_args: &[&str], script: &str) -> Self {
         let probe = Command::new("unshare")
             .args(["--pid", "--fork", "--mount-proc", "true"])
             .status()
@@ -44,7 +44,7 @@ impl MiniInit {
             probe.success(),
             "these tests need a pid namespace: run them as root (CAP_SYS_ADMIN)"
         );
-        Self::start_with(Some("unshare"), &[], script)
+        Self::start_with(Some("unshare"), init_args, script)
     }
 
     fn start_with(wrapper: Option<&str>, init_args: &[&str], script: &str) -> Self {
@@ -235,7 +235,7 @@ fn as_pid1_leftover_processes_get_term_on_exit() {
     let script = "(trap 'echo swept > $D/orphan; exit 0' TERM; touch $D/ready; \
                   while :; do sleep 0.05; done) & \
                   while [ ! -e $D/ready ]; do sleep 0.01; done; exit 5";
-    let mut init = MiniInit::start_as_pid1(script);
+    let mut init = MiniInit::start_as_pid1(&["--sweep-grace-ms", "60000"], script);
     assert_eq!(init.exit_code(), 5);
     assert_eq!(
         std::fs::read_to_string(init.path("orphan")).unwrap(),
@@ -248,10 +248,10 @@ fn as_pid1_leftover_processes_get_term_on_exit() {
 fn as_pid1_leftovers_ignoring_term_are_killed_after_the_grace() {
     let script = "(trap '' TERM; touch $D/ready; exec sleep 30) & \
                   while [ ! -e $D/ready ]; do sleep 0.01; done; exit 0";
+    let grace = Duration::from_millis(500);
     let started = Instant::now();
-    let mut init = MiniInit::start_as_pid1(script);
+    let mut init = MiniInit::start_as_pid1(&["--sweep-grace-ms", "500"], script);
     assert_eq!(init.exit_code(), 0);
-    // mini-init's sweep grace is 2 s.
-    assert!(started.elapsed() >= Duration::from_secs(2));
+    assert!(started.elapsed() >= grace, "killed before the grace period");
     assert!(init.stderr().contains("were killed"), "{}", init.stderr());
 }

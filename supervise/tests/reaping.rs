@@ -12,8 +12,9 @@ use peerkeep_supervise::ExitStatus;
 fn orphaned_grandchild_is_adopted_and_reaped_without_zombie() {
     with_supervisor(|sup| async move {
         let dir = tempfile::tempdir().unwrap();
-        // The grandchild outlives its parent, then exits on its own a moment later.
-        let script = "sleep 0.5 & echo $! > $D/grandchild; exit 0";
+        // The grandchild outlives its parent, then exits on its own once told to.
+        let script =
+            "(while [ ! -e $D/go ]; do sleep 0.01; done) & echo $! > $D/grandchild; exit 0";
         let child = sup.spawn(&mut sh(dir.path(), script)).unwrap();
         let _guard = KillGroupOnDrop(child.pid());
         assert_eq!(child.wait().await, ExitStatus::Code(0));
@@ -26,6 +27,7 @@ fn orphaned_grandchild_is_adopted_and_reaped_without_zombie() {
             Some(me),
             "the orphan is re-parented to us, the subreaper"
         );
+        std::fs::write(dir.path().join("go"), "").unwrap();
 
         // Reaped means /proc/<pid> disappears; a zombie would stay there in state Z.
         eventually("the orphan to be reaped", || {
