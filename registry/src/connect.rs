@@ -155,6 +155,9 @@ pub async fn connect(opts: &EtcdOptions) -> Result<Etcd, RegistryError> {
         .with_keep_alive(opts.keepalive_interval, opts.keepalive_timeout)
         .with_timeout(opts.request_timeout)
         .with_connect_timeout(opts.connect_timeout)
+        // A member cut off from its cluster's leader otherwise keeps streams open and silent;
+        // with this it fails them ("no leader"), so callers re-create them on a healthy member.
+        .with_require_leader(true)
         .with_auto_token_refresh(true);
     if let Some(tls) = &opts.tls {
         copts = copts.with_tls(tls_options(tls)?);
