@@ -292,3 +292,20 @@ pub fn zombie_children(parent: i32) -> Vec<i32> {
 pub fn wait_file(path: &Path, what: &str) {
     peerkeep_tests::eventually(DEADLINE, what, || path.exists().then_some(()));
 }
+
+/// `POST path` with a bearer token and a JSON body: `(status, body)`.
+pub fn http_post(addr: SocketAddr, path: &str, bearer: &str, body: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    let req = format!(
+        "POST {path} HTTP/1.0\r\nHost: {addr}\r\nAuthorization: Bearer {bearer}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).ok()?;
+    let code = buf.split_whitespace().nth(1)?.parse().ok()?;
+    let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())?;
+    Some((code, body))
+}
