@@ -1,6 +1,7 @@
 //! A handle on one supervised child: its pid, its exit status once the reaper has it, and
 //! signals that cannot hit a recycled pid.
 
+use std::fmt;
 use std::sync::Arc;
 
 use nix::errno::Errno;
@@ -16,11 +17,20 @@ use crate::status::ExitStatus;
 /// Cheap to clone; every clone sees the same exit status, and any number of tasks may
 /// [`wait`](ChildHandle::wait) at once. Dropping handles neither kills nor detaches the child:
 /// the reaper collects it regardless. The child leads its own process group (pgid = pid).
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct ChildHandle {
     pid: Pid,
     status: watch::Receiver<Option<ExitStatus>>,
     table: Arc<Table>,
+}
+
+impl fmt::Debug for ChildHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ChildHandle")
+            .field("pid", &self.pid.as_raw())
+            .field("status", &self.try_status())
+            .finish()
+    }
 }
 
 impl ChildHandle {
@@ -37,7 +47,8 @@ impl ChildHandle {
         self.pid
     }
 
-    /// Waits until the reaper has collected the child and returns how it ended.
+    /// Waits until the reaper has collected the child and returns how it ended. Cancel-safe:
+    /// dropping the future loses nothing, the status stays with the handle.
     pub async fn wait(&self) -> ExitStatus {
         let mut status = self.status.clone();
         loop {

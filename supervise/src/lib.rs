@@ -12,8 +12,8 @@
 //!   child, orphans included, and hands each status to the [`ChildHandle`]s of that pid. Unless
 //!   it is PID 1, the process becomes a child subreaper so orphans come to it.
 //! - **Clean children.** [`Supervisor::spawn`] uses `std::process::Command` in a new process
-//!   group; the child starts with an empty signal mask and default dispositions. Exec failures map to
-//!   127 (not found) and 126 (not executable) via [`SpawnError::exit_code`].
+//!   group; the child starts with an empty signal mask and default dispositions. Exec failures
+//!   map to 127 (not found) and 126 (not executable) via [`SpawnError::exit_code`].
 //! - **Stopping with a deadline.** [`Supervisor::stop`] sends a signal and SIGCONT to the
 //!   child's group, waits up to a timeout (cut short by a `skip` future, e.g. a second TERM),
 //!   then SIGKILLs the group. [`Supervisor::sweep`] terminates everything left, only as PID 1.

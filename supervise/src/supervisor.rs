@@ -50,8 +50,8 @@ impl Drop for RunningGuard {
 ///     status = daemon.wait() => status,
 ///     _ = requests.at_least(1) => {
 ///         // A second TERM/INT skips the rest of the grace period.
-///         let outcome =
-///             sup.stop(&daemon, Signal::SIGTERM, Duration::from_secs(10), requests.at_least(2)).await;
+///         let skip = requests.at_least(2);
+///         let outcome = sup.stop(&daemon, Signal::SIGTERM, Duration::from_secs(10), skip).await;
 ///         sup.sweep(Duration::from_secs(2)).await;
 ///         outcome.status
 ///     }
