@@ -128,7 +128,8 @@ impl Supervisor {
     }
 
     /// Starts `cmd` as a supervised child in a new process group of its own (any
-    /// `process_group` set on `cmd` is replaced). The child starts with an empty signal mask,
+    /// `process_group` set on `cmd` is replaced), so a terminal's Ctrl-C reaches only this
+    /// process, which decides what the child gets. The child starts with an empty signal mask,
     /// and every signal this process handles (the supervisor's included) at its default
     /// disposition; signals ignored by whoever started this process stay ignored, as `nohup`
     /// expects, except SIGPIPE, which Rust ignores and std restores.
@@ -180,7 +181,8 @@ impl Supervisor {
     }
 
     /// The TERM/INT requests this process receives. They are never forwarded: the owner
-    /// decides the shutdown sequence.
+    /// decides the shutdown sequence. Requests are counted from [`Supervisor::new`], so one that
+    /// arrives before this call is not lost.
     pub fn shutdown_requests(&self) -> ShutdownRequests {
         ShutdownRequests::new(self.inner.requests.clone())
     }
