@@ -67,7 +67,12 @@ pub struct EtcdArgs {
     pub etcd_key: Option<PathBuf>,
 
     /// etcd user name, when etcd has auth enabled (needs --etcd-password-file).
-    #[arg(long, env = "PEERKEEP_ETCD_USER", requires = "etcd_password_file")]
+    #[arg(
+        long,
+        env = "PEERKEEP_ETCD_USER",
+        value_name = "NAME",
+        requires = "etcd_password_file"
+    )]
     pub etcd_user: Option<String>,
 
     /// File holding the etcd user's password (one line; a trailing newline is ignored).

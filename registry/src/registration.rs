@@ -276,6 +276,9 @@ impl Registration {
     }
 
     /// Waits until the record of `generation` (or a later one) is in etcd.
+    ///
+    /// While etcd is unreachable this waits as long as the outage lasts; callers on a deadline
+    /// (the agent's shutdown) wrap it in a timeout.
     pub async fn written(&self, generation: u64) -> Result<(), RegistryError> {
         let mut rx = self.status.clone();
         let result = rx
