@@ -52,33 +52,40 @@ impl Litecoind {
 
     /// Starts a regtest node with the given RPC auth.
     pub fn start_with(id: &str, auth: RpcAuth) -> Self {
+        let mut n = Self::new(id, auth);
+        n.start_again();
+        n
+    }
+
+    /// Starts `n` nodes named `{prefix}0..` with cookie auth. They boot in parallel; this
+    /// returns when all answer RPC. (Call from the test's own thread: children die with the
+    /// thread that spawned them.)
+    pub fn start_many(prefix: &str, n: usize) -> Vec<Self> {
+        let mut nodes: Vec<Self> = (0..n)
+            .map(|i| Self::new(&format!("{prefix}{i}"), RpcAuth::Cookie))
+            .collect();
+        for node in &mut nodes {
+            node.spawn();
+        }
+        for node in &mut nodes {
+            node.wait_ready();
+        }
+        nodes
+    }
+
+    fn new(id: &str, auth: RpcAuth) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("peerkeep-litecoind-")
             .tempdir()
             .expect("temp dir");
-        let mut n = Self {
+        Self {
             id: id.to_string(),
             dir,
             p2p_port: free_port(),
             rpc_port: free_port(),
             auth,
             child: None,
-        };
-        n.start_again();
-        n
-    }
-
-    /// Starts `n` nodes named `{prefix}0..`, in parallel.
-    pub fn start_many(prefix: &str, n: usize) -> Vec<Self> {
-        std::thread::scope(|s| {
-            let handles: Vec<_> = (0..n)
-                .map(|i| s.spawn(move || Self::start(&format!("{prefix}{i}"))))
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| h.join().expect("litecoind start"))
-                .collect()
-        })
+        }
     }
 
     /// (Re)starts the daemon on the same ports and datadir and waits until its RPC answers.
@@ -86,6 +93,11 @@ impl Litecoind {
         if self.child.is_some() {
             return;
         }
+        self.spawn();
+        self.wait_ready();
+    }
+
+    fn spawn(&mut self) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -115,6 +127,9 @@ impl Litecoind {
         }
         cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(log);
         self.child = Some(die_with_test(&mut cmd).spawn().expect("spawn litecoind"));
+    }
+
+    fn wait_ready(&mut self) {
         eventually(Duration::from_secs(60), "litecoind RPC answers", || {
             if let Some(c) = self.child.as_mut()
                 && let Ok(Some(st)) = c.try_wait()
@@ -125,10 +140,12 @@ impl Litecoind {
         });
     }
 
-    /// Stops the daemon cleanly (SIGTERM, then SIGKILL after 20 s). The cookie file is removed
+    /// Stops the daemon cleanly (RPC `stop`, SIGTERM, then SIGKILL after 20 s). The cookie file is removed
     /// by the daemon; the next start writes a new one.
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
+            // The RPC `stop` is the daemon's own clean path; SIGTERM is the fallback.
+            let _ = self.rpc("stop", json!([]));
             terminate(&mut c, Duration::from_secs(20));
         }
     }

@@ -146,7 +146,10 @@ impl HttpApi {
             .no_proxy()
             .timeout(timeout)
             .connect_timeout(timeout)
-            .pool_idle_timeout(Duration::from_secs(30))
+            // No idle keep-alive connections: bitcoind's RPC server waits for open client
+            // connections before it exits, so a pooled connection would stall the daemon's
+            // shutdown by up to its timeout. One connection per call to a local API is cheap.
+            .pool_max_idle_per_host(0)
             .build()
             .map_err(|e| ConfigError::Client(e.to_string()))?;
         Ok(Self {
