@@ -28,6 +28,10 @@ use crate::connect::Etcd;
 use crate::error::RegistryError;
 use crate::names::{MAX_SLOT, Slot};
 
+/// Lost claim races retried at once before falling back to the backoff. Twenty nodes starting
+/// together lose at most nineteen races each for the lowest slots.
+const MAX_QUICK_RETRIES: u32 = 32;
+
 /// Why the task stops.
 enum Exit {
     Revoke(oneshot::Sender<Result<(), RegistryError>>),
@@ -162,6 +166,7 @@ impl Worker {
         let mut delays = backoff(self.cfg.ttl);
         let mut held_since: Option<Instant> = None;
         let mut failing = false;
+        let mut races: u32 = 0;
         loop {
             match self.try_claim().await {
                 Ok(Claim::Done { slot }) => {
@@ -169,8 +174,14 @@ impl Worker {
                     return Ok(());
                 }
                 Ok(Claim::Retry) => {
-                    // Concurrent claimants retry at once; a little jitter spreads them out.
-                    let pause = Duration::from_millis(rand::random_range(0..20));
+                    // Concurrent claimants retry at once, with a little jitter to spread them;
+                    // a compare that keeps failing for another reason must not spin on etcd.
+                    races += 1;
+                    let pause = if races <= MAX_QUICK_RETRIES {
+                        Duration::from_millis(rand::random_range(0..20))
+                    } else {
+                        delays.next().unwrap_or(self.cfg.ttl)
+                    };
                     self.pause(pause).await?;
                 }
                 Ok(Claim::Held(holder)) => {
@@ -287,8 +298,7 @@ impl Worker {
             return Ok(Claim::Retry);
         }
         self.written = Some(bytes);
-        self.status
-            .send_modify(|s| s.written_generation = generation);
+        self.mark_written(generation);
         Ok(Claim::Done { slot: choice.slot })
     }
 
