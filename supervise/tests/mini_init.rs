@@ -178,6 +178,26 @@ fn hup_usr1_usr2_quit_winch_are_forwarded_to_the_child() {
 }
 
 #[test]
+fn forwarded_signals_reach_the_child_but_not_its_process_group() {
+    // A second process in the child's group traps USR1 and USR2. The child, on USR1, sends it
+    // USR2. Had our USR1 gone to the whole group, the member would have had USR1 pending
+    // before that USR2, and sh runs pending traps in signal-number order: "bg USR1" would show.
+    let script = "sh -c 'trap \"echo bg USR1 >> $D/got\" USR1; trap \"echo bg USR2 >> $D/got\" USR2; \
+                  touch $D/bgready; while :; do sleep 0.05; done' & bg=$!; \
+                  while [ ! -e $D/bgready ]; do sleep 0.01; done; \
+                  trap 'echo child USR1 >> $D/got; kill -USR2 $bg' USR1; \
+                  touch $D/ready; while :; do sleep 0.05; done";
+    let mut init = MiniInit::start(&[], script);
+    wait_for_file(&init.path("ready"));
+    init.signal(Signal::SIGUSR1);
+    wait_for_line(&init.path("got"), "bg USR2");
+    let got = std::fs::read_to_string(init.path("got")).unwrap();
+    assert_eq!(got, "child USR1\nbg USR2\n");
+    init.signal(Signal::SIGTERM);
+    assert_eq!(init.exit_code(), 143);
+}
+
+#[test]
 fn term_stops_the_child_and_exits_with_its_status() {
     let mut init = MiniInit::start(&[], "touch $D/ready; exec sleep 30");
     wait_for_file(&init.path("ready"));
