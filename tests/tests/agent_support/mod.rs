@@ -70,9 +70,31 @@ impl AgentProc {
         extra: &[&str],
         daemon: &[&str],
     ) -> Self {
+        Self::start_wrapped(&[], dir, etcd, node_id, extra, daemon)
+    }
+
+    /// Like [`AgentProc::start_in`], with the agent started through `wrapper` (for example
+    /// `unshare --pid --fork`, to run it as PID 1). Signals go to the wrapper, which must
+    /// forward them.
+    pub fn start_wrapped(
+        wrapper: &[&str],
+        dir: TempDir,
+        etcd: &str,
+        node_id: &str,
+        extra: &[&str],
+        daemon: &[&str],
+    ) -> Self {
         let health = free_addr();
         let log = std::fs::File::create(dir.path().join("agent.log")).expect("log file");
-        let mut cmd = Command::new(workspace_bin("peerkeep-agent"));
+        let agent = workspace_bin("peerkeep-agent");
+        let mut cmd = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(&agent);
+                c
+            }
+            None => Command::new(&agent),
+        };
         cmd.args(base_args(etcd, node_id, health))
             .args(extra)
             .arg("--")
