@@ -129,7 +129,9 @@ impl Supervisor {
 
     /// Starts `cmd` as a supervised child in a new process group of its own (any
     /// `process_group` set on `cmd` is replaced), so a terminal's Ctrl-C reaches only this
-    /// process, which decides what the child gets. The child starts with an empty signal mask,
+    /// process, which decides what the child gets. The terminal is deliberately not handed to
+    /// the child (unlike tini): a daemon does not read it, and the owner must see the Ctrl-C to
+    /// drain first. A child that does read a terminal would be stopped by SIGTTIN. The child starts with an empty signal mask,
     /// and every signal this process handles (the supervisor's included) at its default
     /// disposition; signals ignored by whoever started this process stay ignored, as `nohup`
     /// expects, except SIGPIPE, which Rust ignores and std restores.
