@@ -14,6 +14,8 @@
 //! - [`readiness`]: the `ready` rule as a pure function.
 //! - [`resolve`]: address sources (`ip:`, `env:`, `iface:`, `cidr:`, `ec2:`, `route`, `hostname`).
 
+#![forbid(unsafe_code)]
+
 pub mod adapter;
 pub mod addresses;
 pub mod app;

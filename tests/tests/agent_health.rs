@@ -173,3 +173,13 @@ fn health_defaults_to_peerkeep_health_listen_with_unspecified_mapped_to_loopback
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.starts_with("/livez 200"), "{text}");
 }
+
+#[test]
+fn health_never_exits_with_docker_reserved_code_2() {
+    let out = Command::new(workspace_bin("peerkeep-agent"))
+        .args(["health", "--probe", "bogus"])
+        .output()
+        .expect("run health");
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 1);
+}
