@@ -114,33 +114,7 @@ impl Applier {
 
     /// Builds the desired model for `snap`, logging and counting skipped nodes.
     pub fn desired(&self, snap: &MembershipSnapshot) -> Model {
-        let started = std::time::Instant::now();
-        let (model, skipped) = build(&self.config, snap, &self.running.capacities());
-        self.shared
-            .metrics
-            .render_seconds
-            .observe(started.elapsed().as_secs_f64());
-        let mut per_backend: BTreeMap<&ServiceName, i64> = BTreeMap::new();
-        for (service, node, reason) in &skipped.entries {
-            *per_backend.entry(service).or_default() += 1;
-            let reason = match reason {
-                SkipReason::NoEndpoint => "no endpoint of the service's name",
-                SkipReason::NoHealthEndpoint => "no health endpoint for the check",
-                SkipReason::SlotTaken => "its slot is held by a lower node id",
-            };
-            tracing::debug!(service = %service, node_id = %node, reason, "ready node skipped");
-        }
-        for b in &model.backends {
-            let n = per_backend.get(&b.service.name).copied().unwrap_or(0);
-            self.shared
-                .metrics
-                .skipped_nodes
-                .get_or_create(&BackendLabel {
-                    backend: b.service.name.to_string(),
-                })
-                .set(n);
-        }
-        model
+        build_recorded(&self.shared, &self.config, snap, &self.running.capacities())
     }
 
     /// Brings HAProxy to `desired`.
@@ -268,4 +242,40 @@ impl Applier {
                 .set(i64::try_from(n).unwrap_or(i64::MAX));
         }
     }
+}
+
+/// Builds the model for `snap` with `capacities` in use, timing it and counting skipped nodes.
+pub fn build_recorded(
+    shared: &Shared,
+    config: &Config,
+    snap: &MembershipSnapshot,
+    capacities: &BTreeMap<ServiceName, u32>,
+) -> Model {
+    let started = std::time::Instant::now();
+    let (model, skipped) = build(config, snap, capacities);
+    shared
+        .metrics
+        .render_seconds
+        .observe(started.elapsed().as_secs_f64());
+    let mut per_backend: BTreeMap<&ServiceName, i64> = BTreeMap::new();
+    for (service, node, reason) in &skipped.entries {
+        *per_backend.entry(service).or_default() += 1;
+        let reason = match reason {
+            SkipReason::NoEndpoint => "no endpoint of the service's name",
+            SkipReason::NoHealthEndpoint => "no health endpoint for the check",
+            SkipReason::SlotTaken => "its slot is held by a lower node id",
+        };
+        tracing::debug!(service = %service, node_id = %node, reason, "ready node skipped");
+    }
+    for b in &model.backends {
+        let n = per_backend.get(&b.service.name).copied().unwrap_or(0);
+        shared
+            .metrics
+            .skipped_nodes
+            .get_or_create(&BackendLabel {
+                backend: b.service.name.to_string(),
+            })
+            .set(n);
+    }
+    model
 }

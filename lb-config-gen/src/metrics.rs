@@ -112,6 +112,12 @@ impl Metrics {
             "Configuration files refused on SIGHUP",
             config_rejected.clone(),
         );
+        // Both paths are always exported, so alerts on them work before the first event.
+        for label in [RUNTIME, RELOAD] {
+            let _ = applies.get_or_create(&label);
+            let _ = apply_failures.get_or_create(&label);
+            let _ = apply_seconds.get_or_create(&label);
+        }
         Self {
             registry,
             applies,

@@ -20,7 +20,7 @@ use tokio::sync::watch;
 use tokio::time::{Instant, sleep_until};
 use tracing::{error, info, warn};
 
-use crate::apply::{Applier, Limits, Outcome};
+use crate::apply::{Applier, Limits, Outcome, build_recorded};
 use crate::config::Config;
 use crate::debounce::Debounce;
 use crate::diff::emptied_backends;
@@ -156,7 +156,7 @@ async fn start(
 ) -> Result<(ChildHandle, Applier), LbError> {
     let config = opts.config.clone();
     let bin = opts.bin(&config);
-    let (model, _) = build(&config, snap, &Default::default());
+    let model = build_recorded(&shared, &config, snap, &Default::default());
     let cfg = render(&model);
     let h = &config.haproxy;
     files::install_config(sup, &bin, h.config.as_path(), cfg.as_bytes()).await?;

@@ -10,6 +10,7 @@
 //! - [`proxy`]: a TCP proxy that can cut one client off from a server.
 //! - [`wait`]: `eventually(deadline, condition)` instead of sleeps.
 //! - [`imds`]: a fake EC2 metadata service.
+//! - [`haproxy`]: `lb-config-gen run` with its HAProxy, and HTTP backends to balance.
 //! - [`proc`]: free ports, spawning with a death signal, binary paths.
 //! - [`devnode`]: the reference P2P daemon (bin `devnode`) and [`DevNode`] to run it.
 //! - [`litecoind`]: real `litecoind -regtest` nodes with a small RPC client.
@@ -18,6 +19,7 @@
 pub mod devnode;
 pub mod etcd;
 pub mod fakes;
+pub mod haproxy;
 pub mod imds;
 pub mod litecoind;
 pub mod proc;
