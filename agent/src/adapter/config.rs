@@ -231,27 +231,26 @@ pub fn build(config: &AdapterConfig) -> Result<Arc<dyn NodeAdapter>, ConfigError
             what: "--node-api-token-file or PEERKEEP_NODE_API_TOKEN (Wavelet's API secret)",
         });
     }
-    let template = match kind {
+    let api = HttpApi::new(url, auth, config.timeout)?;
+    Ok(match kind {
+        AdapterKind::Wavelet => Arc::new(wavelet::WaveletAdapter::new(api)),
+        AdapterKind::Bitcoind => Arc::new(bitcoind::BitcoindAdapter::new(api)),
+        AdapterKind::Nodeos => Arc::new(nodeos::NodeosAdapter::new(api)),
+        AdapterKind::Geth => Arc::new(geth::GethAdapter::new(api)),
         AdapterKind::HttpTemplate => {
             let path = config
                 .template_file
-                .clone()
+                .as_deref()
                 .ok_or(ConfigError::MissingCredential {
                     kind,
                     what: "--node-api-template FILE",
                 })?;
-            Some(template::Template::load(&path)?)
+            Arc::new(template::TemplateAdapter::new(
+                api,
+                template::Template::load(path)?,
+            ))
         }
-        _ => None,
-    };
-    let api = HttpApi::new(url, auth, config.timeout)?;
-    Ok(match (kind, template) {
-        (AdapterKind::Wavelet, _) => Arc::new(wavelet::WaveletAdapter::new(api)),
-        (AdapterKind::Bitcoind, _) => Arc::new(bitcoind::BitcoindAdapter::new(api)),
-        (AdapterKind::Nodeos, _) => Arc::new(nodeos::NodeosAdapter::new(api)),
-        (AdapterKind::Geth, _) => Arc::new(geth::GethAdapter::new(api)),
-        (AdapterKind::HttpTemplate, Some(t)) => Arc::new(template::TemplateAdapter::new(api, t)),
-        (AdapterKind::HttpTemplate | AdapterKind::None, _) => Arc::new(none::NoneAdapter),
+        AdapterKind::None => Arc::new(none::NoneAdapter),
     })
 }
 
