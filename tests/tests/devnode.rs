@@ -348,3 +348,24 @@ fn empty_token_file_refuses_to_start() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("empty"));
 }
+
+#[test]
+fn heavy_fifty_devnodes_in_a_tree_all_follow_the_producer() {
+    let mut nodes = vec![DevNode::start("n0", &["--produce-every", "200ms"])];
+    for i in 1..50 {
+        nodes.push(DevNode::start(&format!("n{i}"), &[]));
+    }
+    for i in 1..50 {
+        connect_ok(&nodes[i], &nodes[(i - 1) / 2]);
+    }
+    let target = nodes[0].height().expect("producer height") + 3;
+    for n in &nodes {
+        eventually(
+            DEADLINE,
+            &format!("{} reaches height {target}", n.id()),
+            || (n.height()? >= target).then_some(()),
+        );
+    }
+    // Inner nodes of the binary tree have a parent and two children.
+    wait_peers(&nodes[1], &[nodes[0].p2p(), nodes[3].p2p(), nodes[4].p2p()]);
+}
