@@ -33,7 +33,8 @@ impl Supervisor {
     /// group is killed when it has not finished (output read and status known) in time.
     ///
     /// Output is read until both pipes close, so a background process that keeps them open
-    /// delays the result until it exits or the timeout kills its group.
+    /// delays the result until it exits or the timeout kills its group. Dropping the future
+    /// before it completes kills the command's process group too.
     pub async fn run_output(
         &self,
         cmd: &mut Command,
@@ -53,6 +54,8 @@ impl Supervisor {
             // Unreachable: both were set to piped above. Fail safely rather than hang.
             return Err(abandon(&handle, program, io::ErrorKind::BrokenPipe.into()).await);
         };
+        // Cancelling this future must not leave the command running unobserved.
+        let guard = KillOnDrop(&handle);
         let collect = collect(&handle, stdout, stderr);
         let result = match timeout {
             Some(limit) => match tokio::time::timeout(limit, collect).await {
@@ -67,9 +70,24 @@ impl Supervisor {
             },
             None => collect.await,
         };
-        match result {
+        let result = match result {
             Ok(output) => Ok(output),
             Err(source) => Err(abandon(&handle, program, source).await),
+        };
+        drop(guard);
+        result
+    }
+}
+
+/// Kills the command's process group if `run_output` is dropped before the command was reaped;
+/// the reaper collects it as usual.
+struct KillOnDrop<'a>(&'a ChildHandle);
+
+impl Drop for KillOnDrop<'_> {
+    fn drop(&mut self) {
+        if self.0.try_status().is_none() {
+            // ESRCH: already gone, nothing to do.
+            let _ = self.0.signal_group(Signal::SIGKILL);
         }
     }
 }

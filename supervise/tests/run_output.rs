@@ -140,3 +140,23 @@ fn concurrent_commands_each_get_their_own_output_and_status() {
         }
     });
 }
+
+#[test]
+fn cancelled_run_kills_the_command() {
+    with_supervisor(|sup| async move {
+        let dir = tempfile::tempdir().unwrap();
+        let pidfile = dir.path().join("pid");
+        let mut cmd = sh(dir.path(), "echo $$ > $D/pid; exec sleep 30");
+        // Leaving the select drops run_output's future while the command still runs.
+        let pid = tokio::select! {
+            result = sup.run_output(&mut cmd, None) => panic!("sleep 30 finished: {result:?}"),
+            pid = common::eventually("the command's pid", || read_pid(&pidfile)) => pid,
+        };
+        // Cleanup only: dropped after the check below.
+        let _guard = KillGroupOnDrop(pid);
+        common::eventually("the cancelled command to be killed and reaped", || {
+            proc_state(pid).is_none().then_some(())
+        })
+        .await;
+    });
+}
