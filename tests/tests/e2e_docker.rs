@@ -54,12 +54,19 @@ fn run(cmd: &mut Command, timeout: Duration) -> Output {
     let err_path = dir.path().join("stderr");
     let out = std::fs::File::create(&out_path).expect("stdout file");
     let err = std::fs::File::create(&err_path).expect("stderr file");
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err)
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
+    let spawned = cmd.stdin(Stdio::null()).stdout(out).stderr(err).spawn();
+    let mut child = match spawned {
+        Ok(child) => child,
+        // Not there at all (no docker CLI): an ordinary failure, so callers can skip on it.
+        Err(e) => {
+            return Output {
+                ok: false,
+                code: None,
+                stdout: String::new(),
+                stderr: format!("cannot start {what}: {e}"),
+            };
+        }
+    };
     let deadline = Instant::now() + timeout;
     let status = loop {
         if let Some(st) = child.try_wait().expect("try_wait") {
