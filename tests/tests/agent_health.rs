@@ -183,3 +183,34 @@ fn health_never_exits_with_docker_reserved_code_2() {
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 1);
 }
+
+#[test]
+fn liveness_stays_ok_through_a_drain_delay_longer_than_the_heartbeat_limit() {
+    let etcd = Etcd::start();
+    let daemon = agent_support::sh("exec sleep 600");
+    let mut agent = AgentProc::start(
+        &etcd.endpoint(),
+        "n-long-drain",
+        &["--drain-delay", "60s"],
+        &strs(&daemon),
+    );
+    eventually(DEADLINE, "registered", || {
+        record_state(&etcd, "n-long-drain").map(|_| ())
+    });
+    agent.signal(Signal::SIGTERM);
+    eventually(DEADLINE, "record says draining", || {
+        (record_state(&etcd, "n-long-drain").as_deref() == Some("draining")).then_some(())
+    });
+    // The agent loop's liveness limit is 10 s; the drain delay outlasts it.
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(12);
+    while std::time::Instant::now() < until {
+        assert_eq!(
+            agent.health_cmd("live").0,
+            0,
+            "liveness failed while draining"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    agent.signal(Signal::SIGTERM);
+    agent.wait_exit(DEADLINE);
+}

@@ -48,8 +48,12 @@ const FIRST_ANSWER_POLL: Duration = Duration::from_millis(100);
 /// How often "daemon not answering yet" is repeated while waiting for the first answer.
 const WAITING_LOG_EVERY: Duration = Duration::from_secs(10);
 
-/// Time allowed to revoke the lease before giving up and letting it expire.
-const REVOKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Time allowed to revoke the lease before giving up and letting it expire (a healthy etcd
+/// answers in milliseconds; a hung one must not eat the orchestrator's grace period).
+const REVOKE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How often `/status` (and its liveness heartbeat) is refreshed during shutdown waits.
+const SHUTDOWN_HEARTBEAT: Duration = Duration::from_secs(1);
 
 /// Grace for leftover processes when sweeping as PID 1.
 const SWEEP_GRACE: Duration = Duration::from_secs(2);
@@ -367,6 +371,20 @@ impl Agent {
         self.daemon_gone(outcome.status);
         self.sup.sweep(SWEEP_GRACE).await;
         Err(RunError::Registry(err))
+    }
+
+    /// Awaits `fut` while refreshing the published status, so a long drain delay or stop
+    /// timeout does not look like a stuck agent to `/livez`.
+    async fn beating<F: std::future::Future>(&self, fut: F) -> F::Output {
+        let mut fut = std::pin::pin!(fut);
+        let mut tick = tokio::time::interval(SHUTDOWN_HEARTBEAT);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                out = &mut fut => return out,
+                _ = tick.tick() => self.publish_status(),
+            }
+        }
     }
 
     /// Bookkeeping once the daemon has been reaped.

@@ -31,38 +31,45 @@ impl Agent {
             self.published_state = Some(NodeState::Draining);
             self.publish_status();
             let bound = self.params.drain_delay.max(Duration::from_secs(1));
-            tokio::select! {
-                status = self.daemon.wait() => tracing::warn!(%status, "daemon exited while draining"),
-                r = tokio::time::timeout(bound, reg.written(generation)) => match r {
-                    Ok(Ok(())) => tracing::info!("record marked draining"),
-                    Ok(Err(e)) => tracing::warn!(error = %e, "could not mark the record draining"),
-                    Err(_) => tracing::warn!(waited = ?bound, "etcd did not confirm draining in time; continuing"),
-                },
-                _ = skipped() => tracing::info!("second shutdown request: skipping the drain"),
-            }
+            self.beating(async {
+                tokio::select! {
+                    status = self.daemon.wait() => tracing::warn!(%status, "daemon exited while draining"),
+                    r = tokio::time::timeout(bound, reg.written(generation)) => match r {
+                        Ok(Ok(())) => tracing::info!("record marked draining"),
+                        Ok(Err(e)) => tracing::warn!(error = %e, "could not mark the record draining"),
+                        Err(_) => tracing::warn!(waited = ?bound, "etcd did not confirm draining in time; continuing"),
+                    },
+                    _ = skipped() => tracing::info!("second shutdown request: skipping the drain"),
+                }
+            })
+            .await;
             if skip.received() < 2 && self.daemon.try_status().is_none() {
                 tracing::info!(delay = ?self.params.drain_delay, "waiting for load balancers to drain");
-                tokio::select! {
-                    () = tokio::time::sleep(self.params.drain_delay) => {}
-                    // Nothing left to drain for: the daemon is gone.
-                    status = self.daemon.wait() => tracing::warn!(%status, "daemon exited while draining"),
-                    _ = skipped() => tracing::info!("second shutdown request: skipping the drain delay"),
-                }
+                self.beating(async {
+                    tokio::select! {
+                        () = tokio::time::sleep(self.params.drain_delay) => {}
+                        // Nothing left to drain for: the daemon is gone.
+                        status = self.daemon.wait() => tracing::warn!(%status, "daemon exited while draining"),
+                        _ = skipped() => tracing::info!("second shutdown request: skipping the drain delay"),
+                    }
+                })
+                .await;
             }
         }
+        // Even after a second TERM: revoking is quick (bounded by REVOKE_TIMEOUT) and keeps
+        // the order "record gone before the daemon is signalled".
         self.revoke().await;
 
         self.phase
             .advance(Phase::Stopping, "drained; stopping the daemon");
         self.publish_status();
         let outcome = self
-            .sup
-            .stop(
+            .beating(self.sup.stop(
                 &self.daemon,
                 self.params.stop_signal,
                 self.params.stop_timeout,
                 skipped(),
-            )
+            ))
             .await;
         if outcome.killed {
             tracing::error!(
@@ -91,7 +98,10 @@ impl Agent {
         let Some(reg) = self.registration.take() else {
             return;
         };
-        match tokio::time::timeout(REVOKE_TIMEOUT, reg.revoke()).await {
+        match self
+            .beating(tokio::time::timeout(REVOKE_TIMEOUT, reg.revoke()))
+            .await
+        {
             Ok(Ok(())) => tracing::info!("lease revoked; record removed"),
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "could not revoke the lease; the record expires with it")
