@@ -53,8 +53,8 @@ impl Litecoind {
     /// Starts a regtest node with the given RPC auth.
     pub fn start_with(id: &str, auth: RpcAuth) -> Self {
         let mut n = Self::new(id, auth);
-        n.start_again();
-        n
+        n.spawn();
+        n.ready_or_retry()
     }
 
     /// Starts `n` nodes named `{prefix}0..` with cookie auth. They boot in parallel; this
@@ -67,10 +67,26 @@ impl Litecoind {
         for node in &mut nodes {
             node.spawn();
         }
-        for node in &mut nodes {
-            node.wait_ready();
+        nodes.into_iter().map(Self::ready_or_retry).collect()
+    }
+
+    /// Waits for a freshly spawned node; if it died (most likely a port chosen by
+    /// [`free_port`] was taken before the daemon bound it), starts over on new ports, twice.
+    fn ready_or_retry(mut self) -> Self {
+        for _ in 0..2 {
+            match self.wait_ready() {
+                Ok(()) => return self,
+                Err(why) => {
+                    eprintln!("{why}\nretrying on new ports");
+                    self = Self::new(&self.id, self.auth.clone());
+                    self.spawn();
+                }
+            }
         }
-        nodes
+        if let Err(why) = self.wait_ready() {
+            panic!("{why}");
+        }
+        self
     }
 
     fn new(id: &str, auth: RpcAuth) -> Self {
@@ -94,7 +110,9 @@ impl Litecoind {
             return;
         }
         self.spawn();
-        self.wait_ready();
+        if let Err(why) = self.wait_ready() {
+            panic!("{why}");
+        }
     }
 
     fn spawn(&mut self) {
@@ -129,15 +147,21 @@ impl Litecoind {
         self.child = Some(die_with_test(&mut cmd).spawn().expect("spawn litecoind"));
     }
 
-    fn wait_ready(&mut self) {
+    /// Waits until RPC answers; `Err` (with the log) if the daemon exited first.
+    fn wait_ready(&mut self) -> Result<(), String> {
         eventually(Duration::from_secs(60), "litecoind RPC answers", || {
             if let Some(c) = self.child.as_mut()
                 && let Ok(Some(st)) = c.try_wait()
             {
-                panic!("litecoind {} exited with {st}: {}", self.id, self.log());
+                self.child = None;
+                return Some(Err(format!(
+                    "litecoind {} exited with {st}: {}",
+                    self.id,
+                    self.log()
+                )));
             }
-            self.rpc("getblockcount", json!([])).ok()
-        });
+            self.rpc("getblockcount", json!([])).ok().map(|_| Ok(()))
+        })
     }
 
     /// Stops the daemon cleanly (RPC `stop`, SIGTERM, then SIGKILL after 20 s). The cookie file is removed

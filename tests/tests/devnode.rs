@@ -369,3 +369,23 @@ fn heavy_fifty_devnodes_in_a_tree_all_follow_the_producer() {
     // Inner nodes of the binary tree have a parent and two children.
     wait_peers(&nodes[1], &[nodes[0].p2p(), nodes[3].p2p(), nodes[4].p2p()]);
 }
+
+#[test]
+fn advertise_makes_peers_dial_the_given_address_only() {
+    // The proxy plays a NAT: the node listens on one address and is reachable at another.
+    let listen = peerkeep_tests::proc::free_addr();
+    let nat = TcpProxy::start(listen);
+    let advertised = nat.addr().to_string();
+    let a = DevNode::start_on("a", listen, &["--advertise", &advertised]);
+    let b = DevNode::start("b", &[]);
+    assert_eq!(a.ledger().expect("ledger")["address"], advertised);
+
+    let (st, text) = b.connect(a.p2p_listen());
+    assert_eq!(
+        st, 500,
+        "the bind address is not the advertised one: {text}"
+    );
+    connect_ok(&b, &a);
+    wait_peers(&b, &[nat.addr()]);
+    wait_peers(&a, &[b.p2p()]);
+}

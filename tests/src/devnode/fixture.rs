@@ -14,13 +14,14 @@ use std::time::Duration;
 use serde_json::Value;
 use tempfile::TempDir;
 
-use crate::proc::{die_with_test, free_addr, kill_and_reap, terminate, workspace_bin};
+use crate::proc::{die_with_test, kill_and_reap, terminate, workspace_bin};
 use crate::wait::eventually;
 
 /// A running devnode owned by a test.
 pub struct DevNode {
     id: String,
     p2p: SocketAddr,
+    advertised: SocketAddr,
     api: SocketAddr,
     token: String,
     dir: TempDir,
@@ -28,19 +29,32 @@ pub struct DevNode {
 }
 
 impl DevNode {
-    /// Starts `devnode --id ID` on free ports with `extra` flags and waits until `/ledger`
-    /// answers.
+    /// Starts `devnode --id ID` with `extra` flags and waits until `/ledger` answers. The
+    /// daemon binds port 0 and reports its ports through `--ready-file`, so no port can be
+    /// taken between choosing and binding it.
     pub fn start(id: &str, extra: &[&str]) -> Self {
+        Self::launch(id, None, extra)
+    }
+
+    /// Like [`DevNode::start`], with the p2p listener on `p2p_listen` (so a proxy in front of
+    /// it can be set up first and passed as `--advertise`).
+    pub fn start_on(id: &str, p2p_listen: SocketAddr, extra: &[&str]) -> Self {
+        Self::launch(id, Some(p2p_listen), extra)
+    }
+
+    fn launch(id: &str, p2p_listen: Option<SocketAddr>, extra: &[&str]) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("peerkeep-devnode-")
             .tempdir()
             .expect("temp dir");
         let token = format!("token-{id}-{}", rand::random::<u64>());
         std::fs::write(dir.path().join("token"), &token).expect("write token file");
+        let unbound = SocketAddr::from(([127, 0, 0, 1], 0));
         let mut n = Self {
             id: id.to_string(),
-            p2p: free_addr(),
-            api: free_addr(),
+            p2p: p2p_listen.unwrap_or(unbound),
+            advertised: unbound,
+            api: unbound,
             token,
             dir,
             child: None,
@@ -55,12 +69,15 @@ impl DevNode {
             .append(true)
             .open(self.log_path())
             .expect("devnode log file");
+        let ready = self.dir.path().join("ready.json");
         let mut cmd = Command::new(workspace_bin("devnode"));
         cmd.args(["--id", &self.id])
             .args(["--p2p-listen", &self.p2p.to_string()])
-            .args(["--api-listen", &self.api.to_string()])
+            .args(["--api-listen", "127.0.0.1:0"])
             .arg("--api-token-file")
             .arg(self.token_file())
+            .arg("--ready-file")
+            .arg(&ready)
             .args(extra)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
@@ -68,22 +85,43 @@ impl DevNode {
             .stderr(log);
         let child = die_with_test(&mut cmd).spawn().expect("spawn devnode");
         self.child = Some(child);
+        let ports: Value = eventually(Duration::from_secs(10), "devnode is listening", || {
+            self.check_alive();
+            serde_json::from_str(&std::fs::read_to_string(&ready).ok()?).ok()
+        });
+        let addr = |k: &str| -> SocketAddr {
+            ports[k]
+                .as_str()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or_else(|| panic!("ready file lacks {k}: {ports}"))
+        };
+        self.p2p = addr("p2p");
+        self.advertised = addr("advertised");
+        self.api = addr("api");
         eventually(Duration::from_secs(10), "devnode /ledger answers", || {
-            if let Some(c) = self.child.as_mut()
-                && let Ok(Some(st)) = c.try_wait()
-            {
-                panic!("devnode {} exited early with {st}: {}", self.id, self.log());
-            }
+            self.check_alive();
             self.ledger()
         });
+    }
+
+    fn check_alive(&mut self) {
+        if let Some(c) = self.child.as_mut()
+            && let Ok(Some(st)) = c.try_wait()
+        {
+            panic!("devnode {} exited early with {st}: {}", self.id, self.log());
+        }
     }
 
     /// The node id.
     pub fn id(&self) -> &str {
         &self.id
     }
-    /// The p2p (advertised) address.
+    /// The advertised p2p address: what peers dial (the listener unless `--advertise`).
     pub fn p2p(&self) -> SocketAddr {
+        self.advertised
+    }
+    /// The address the p2p listener is bound to.
+    pub fn p2p_listen(&self) -> SocketAddr {
         self.p2p
     }
     /// The API address.

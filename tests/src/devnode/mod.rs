@@ -72,6 +72,10 @@ pub struct Args {
     /// Never advance the head (neither produce nor follow), while still claiming to be synced.
     #[arg(long)]
     pub frozen_head: bool,
+    /// Once listening, write `{"p2p":…,"advertised":…,"api":…}` to this file (atomically), so
+    /// a caller that passed port 0 learns the ports.
+    #[arg(long, value_name = "PATH")]
+    pub ready_file: Option<PathBuf>,
 }
 
 fn parse_rate(s: &str) -> Result<f64, String> {
@@ -130,6 +134,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let api_listener = tokio::net::TcpListener::bind(args.api_listen)
         .await
         .with_context(|| format!("binding --api-listen {}", args.api_listen))?;
+    let api_bound = api_listener.local_addr().context("API listener address")?;
+    if let Some(path) = &args.ready_file {
+        write_ready_file(path, p2p_bound, advertised, api_bound)?;
+    }
 
     let node = Arc::new(Node {
         id: args.id.clone(),
@@ -145,7 +153,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         id = %node.id,
         p2p = %p2p_bound,
         advertised = %advertised,
-        api = ?api_listener.local_addr().ok(),
+        api = %api_bound,
         "devnode started"
     );
 
@@ -172,6 +180,23 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     node.lock_peers().close_all();
     tracing::info!(id = %node.id, "devnode stopped");
     Ok(())
+}
+
+fn write_ready_file(
+    path: &std::path::Path,
+    p2p: SocketAddr,
+    advertised: SocketAddr,
+    api: SocketAddr,
+) -> anyhow::Result<()> {
+    let body = serde_json::json!({
+        "p2p": p2p.to_string(),
+        "advertised": advertised.to_string(),
+        "api": api.to_string(),
+    });
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, body.to_string())
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .with_context(|| format!("writing --ready-file {}", path.display()))
 }
 
 async fn shutdown_signal() {
