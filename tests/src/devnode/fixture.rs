@@ -20,8 +20,8 @@ use crate::wait::eventually;
 /// A running devnode owned by a test.
 pub struct DevNode {
     id: String,
+    p2p_listen: SocketAddr,
     p2p: SocketAddr,
-    advertised: SocketAddr,
     api: SocketAddr,
     token: String,
     dir: TempDir,
@@ -52,8 +52,8 @@ impl DevNode {
         let unbound = SocketAddr::from(([127, 0, 0, 1], 0));
         let mut n = Self {
             id: id.to_string(),
-            p2p: p2p_listen.unwrap_or(unbound),
-            advertised: unbound,
+            p2p_listen: p2p_listen.unwrap_or(unbound),
+            p2p: unbound,
             api: unbound,
             token,
             dir,
@@ -72,7 +72,7 @@ impl DevNode {
         let ready = self.dir.path().join("ready.json");
         let mut cmd = Command::new(workspace_bin("devnode"));
         cmd.args(["--id", &self.id])
-            .args(["--p2p-listen", &self.p2p.to_string()])
+            .args(["--p2p-listen", &self.p2p_listen.to_string()])
             .args(["--api-listen", "127.0.0.1:0"])
             .arg("--api-token-file")
             .arg(self.token_file())
@@ -95,8 +95,8 @@ impl DevNode {
                 .and_then(|s| s.parse().ok())
                 .unwrap_or_else(|| panic!("ready file lacks {k}: {ports}"))
         };
-        self.p2p = addr("p2p");
-        self.advertised = addr("advertised");
+        self.p2p_listen = addr("p2p");
+        self.p2p = addr("advertised");
         self.api = addr("api");
         eventually(Duration::from_secs(10), "devnode /ledger answers", || {
             self.check_alive();
@@ -118,11 +118,11 @@ impl DevNode {
     }
     /// The advertised p2p address: what peers dial (the listener unless `--advertise`).
     pub fn p2p(&self) -> SocketAddr {
-        self.advertised
+        self.p2p
     }
     /// The address the p2p listener is bound to.
     pub fn p2p_listen(&self) -> SocketAddr {
-        self.p2p
+        self.p2p_listen
     }
     /// The API address.
     pub fn api(&self) -> SocketAddr {
