@@ -43,6 +43,8 @@ pub struct Metrics {
     pub peer_connects: Counter,
     /// Disconnects asked of the daemon.
     pub peer_disconnects: Counter,
+    /// Connects that failed or were not confirmed by a peer listing in time.
+    pub peer_connect_failures: Counter,
     /// 1 while the daemon process runs.
     pub daemon_up: Gauge,
     /// Daemon exits seen (the agent exits after the first; a scrape shows it while draining).
@@ -70,6 +72,7 @@ impl Metrics {
             ready: Gauge::default(),
             peer_connects: Counter::default(),
             peer_disconnects: Counter::default(),
+            peer_connect_failures: Counter::default(),
             daemon_up: Gauge::default(),
             daemon_exits: Counter::default(),
             mirrored: Mutex::default(),
@@ -111,6 +114,11 @@ impl Metrics {
             "peer_disconnects",
             "Disconnects asked of the daemon",
             m.peer_disconnects.clone(),
+        );
+        registry.register(
+            "peer_connect_failures",
+            "Connects that failed or were not confirmed by a peer listing in time",
+            m.peer_connect_failures.clone(),
         );
         registry.register("daemon_up", "1 while the daemon runs", m.daemon_up.clone());
         registry.register("daemon_exits", "Daemon exits seen", m.daemon_exits.clone());

@@ -49,6 +49,8 @@ pub struct AgentStatus {
     pub peers: Option<usize>,
     /// The node adapter in use.
     pub adapter: String,
+    /// The peer keeper's inputs and backoffs (absent with `--adapter none`).
+    pub keeper: Option<crate::keeper::KeeperStatus>,
     /// The daemon's synced claim, if the adapter can tell.
     pub synced: Option<bool>,
     /// Age of the daemon's best block in seconds, if the adapter can tell.
@@ -115,6 +117,7 @@ impl AgentStatus {
             view: ViewStatus::default(),
             peers: None,
             adapter: "none".to_owned(),
+            keeper: None,
             synced: None,
             lag_secs: None,
             advertise: None,

@@ -54,6 +54,8 @@ pub struct KeeperState {
     pub backoff: BTreeMap<NodeId, Backoff>,
     /// Backoff bounds.
     pub policy: BackoffPolicy,
+    /// Records the daemon was connected to at the last listing.
+    pub last_connected: BTreeSet<NodeId>,
 }
 
 impl KeeperState {
@@ -66,18 +68,27 @@ impl KeeperState {
     }
 
     /// Folds in a fresh peer listing: pending connects that now show up as connected are
-    /// confirmed (and their backoff cleared); those past their deadline count as failures.
-    /// Returns the ids whose pending connect expired.
+    /// confirmed; those past their deadline count as failures. A peer that was connected and is
+    /// gone also backs off before it is dialed again: whoever dropped the link (the peer trimming
+    /// above its maximum, the peer dying) would otherwise be redialed at once, and two nodes
+    /// that disagree would flap. Returns the ids whose pending connect expired.
     pub fn observe(
         &mut self,
         connected: &BTreeSet<NodeId>,
         now: Instant,
         jitter: f64,
     ) -> Vec<NodeId> {
-        for id in connected {
-            self.pending.remove(id);
-            self.backoff.remove(id);
+        let lost: Vec<NodeId> = self.last_connected.difference(connected).cloned().collect();
+        for id in lost {
+            self.record_failure(&id, now, jitter);
         }
+        for id in connected {
+            if self.pending.remove(id).is_some() {
+                // A confirmed connect is a success: the next failure starts from the base wait.
+                self.backoff.remove(id);
+            }
+        }
+        self.last_connected.clone_from(connected);
         let expired: Vec<NodeId> = self
             .pending
             .iter()
@@ -131,6 +142,7 @@ impl KeeperState {
     pub fn retain_known(&mut self, known: &BTreeSet<NodeId>) {
         self.pending.retain(|id, _| known.contains(id));
         self.backoff.retain(|id, _| known.contains(id));
+        self.last_connected.retain(|id| known.contains(id));
     }
 }
 
@@ -169,6 +181,20 @@ mod tests {
         assert_eq!(st.observe(&BTreeSet::new(), later, 0.0), vec![id("b")]);
         assert!(st.is_backing_off(&id("b"), later));
         assert!(!st.is_backing_off(&id("b"), later + Duration::from_secs(1)));
+    }
+
+    #[test]
+    fn a_lost_peer_backs_off_before_it_is_redialed() {
+        let now = Instant::now();
+        let mut st = KeeperState::default();
+        st.observe(&BTreeSet::from([id("b"), id("c")]), now, 0.0);
+        st.observe(&BTreeSet::from([id("c")]), now, 0.0);
+        assert!(st.is_backing_off(&id("b"), now));
+        assert!(!st.is_backing_off(&id("c"), now));
+        // Lost again right after the next connect: the wait grows.
+        st.observe(&BTreeSet::from([id("b"), id("c")]), now + Duration::from_secs(2), 0.0);
+        st.observe(&BTreeSet::from([id("c")]), now + Duration::from_secs(2), 0.0);
+        assert_eq!(st.backoff[&id("b")].failures, 2);
     }
 
     #[test]

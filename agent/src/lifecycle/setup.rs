@@ -10,7 +10,7 @@ use tokio::sync::watch;
 
 use super::daemon::{self, DaemonProbe};
 use super::{Agent, LifecycleParams, PhaseMachine};
-use crate::adapter::{self, AdapterKind, ConfigError};
+use crate::adapter::{self, AdapterKind, ConfigError, NodeAdapter};
 use crate::addresses::{AddressError, Addresses};
 use crate::cli::RunArgs;
 use crate::daemon_env::DaemonFacts;
@@ -18,6 +18,8 @@ use crate::endpoints::{self, EndpointSpecError};
 use crate::health::metrics::Metrics;
 use crate::health::server::{self, BindError};
 use crate::health::status::{AgentStatus, LivenessParams};
+use crate::keeper::run::DEFAULT_CONNECT_DEADLINE;
+use crate::keeper::{BackoffPolicy, KeeperConfig, KeeperCounters, PeerKeeper, PlanParams};
 use crate::readiness::{Observation, Readiness, ReadinessParams};
 
 /// A loop silent this long fails liveness (the loop wakes at least every `--peer-poll`).
@@ -180,12 +182,32 @@ pub async fn run(args: RunArgs) -> Result<i32, RunError> {
     reg_info.labels = args.labels.iter().cloned().collect();
 
     let max_peers = args.max_peers.unwrap_or(args.min_peers * 2);
-    tracing::debug!(
-        min_peers = args.min_peers,
-        max_peers,
-        strict_peers = args.strict_peers,
-        "peer targets (the peer keeper applies them)"
-    );
+    if node_adapter.kind() != AdapterKind::None {
+        let config = KeeperConfig {
+            params: PlanParams {
+                own_id: reg_config.id.clone(),
+                min_peers: args.min_peers,
+                max_peers,
+                strict_peers: args.strict_peers,
+            },
+            poll: args.peer_poll,
+            connect_deadline: DEFAULT_CONNECT_DEADLINE,
+            backoff: BackoffPolicy::default(),
+        };
+        tracing::info!(
+            min_peers = args.min_peers,
+            max_peers,
+            strict_peers = args.strict_peers,
+            "peer keeper starting"
+        );
+        spawn_keeper(
+            node_adapter.clone(),
+            membership.subscribe(),
+            config,
+            &metrics,
+            &status_tx,
+        );
+    }
     let agent = Agent {
         params: LifecycleParams {
             readiness: ReadinessParams {
@@ -225,4 +247,38 @@ pub async fn run(args: RunArgs) -> Result<i32, RunError> {
     let result = agent.run().await;
     drop(membership);
     result
+}
+
+/// Runs the peer keeper beside the lifecycle loop until the node leaves the running phase: a
+/// draining or stopping node dials nobody. Its status is mirrored into `/status`.
+fn spawn_keeper(
+    adapter: Arc<dyn NodeAdapter>,
+    view: watch::Receiver<Arc<peerkeep_registry::MembershipSnapshot>>,
+    config: KeeperConfig,
+    metrics: &Metrics,
+    status: &watch::Sender<AgentStatus>,
+) {
+    let counters = KeeperCounters {
+        connects: metrics.peer_connects.clone(),
+        connect_failures: metrics.peer_connect_failures.clone(),
+        disconnects: metrics.peer_disconnects.clone(),
+    };
+    let (keeper, mut keeper_status) = PeerKeeper::new(adapter, view, config, counters);
+    let mut lifecycle = status.subscribe();
+    let status = status.clone();
+    tokio::spawn(async move {
+        let mirror = async {
+            while keeper_status.changed().await.is_ok() {
+                let k = keeper_status.borrow_and_update().clone();
+                status.send_modify(|s| s.keeper = Some(k));
+            }
+        };
+        tokio::select! {
+            _ = keeper.run() => {}
+            _ = mirror => {}
+            _ = lifecycle.wait_for(|s| s.lifecycle != "running") => {
+                tracing::info!("peer keeper stopped: node is leaving");
+            }
+        }
+    });
 }
