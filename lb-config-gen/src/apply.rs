@@ -76,7 +76,6 @@ impl Applier {
     ) -> Self {
         let master = MasterCli::new(config.haproxy.master_socket.as_path().to_owned());
         let runtime = RuntimeApi::new(config.haproxy.stats_socket.as_path().to_owned());
-        shared.update(|s| s.started = true);
         let me = Self {
             sup,
             bin,

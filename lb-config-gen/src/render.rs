@@ -82,6 +82,9 @@ impl fmt::Display for HaIp {
     }
 }
 
+/// Check interval for servers in transition and for down servers.
+const FAST_CHECK: Duration = Duration::from_millis(100);
+
 /// A duration in HAProxy's syntax (whole milliseconds).
 struct Ms(Duration);
 
@@ -215,11 +218,14 @@ fn backend<'a>(
         }
         CheckKind::Tcp => {}
     }
+    // Servers in transition and down servers (joiners marked down until checked) are checked
+    // every 100 ms at most, so a joiner earns traffic within a few hundred milliseconds and a
+    // dead server is detected quickly; healthy servers are checked at the configured interval.
     o.line(format_args!(
         "    default-server check inter {} fastinter {} downinter {} fall {} rise {}",
         Ms(c.interval),
-        Ms(c.interval.min(Duration::from_millis(200))),
-        Ms(c.interval.min(Duration::from_millis(500))),
+        Ms(c.interval.min(FAST_CHECK)),
+        Ms(c.interval.min(FAST_CHECK)),
         c.fall,
         c.rise
     ));

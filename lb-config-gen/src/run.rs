@@ -167,10 +167,18 @@ async fn start(
         revision = snap.revision,
         "haproxy started"
     );
-    let applier = Applier::new(sup.clone(), bin, config, model, opts.limits, shared);
+    let applier = Applier::new(
+        sup.clone(),
+        bin,
+        config,
+        model,
+        opts.limits,
+        Arc::clone(&shared),
+    );
     tokio::select! {
         ready = applier.master().wait_ready(START_TIMEOUT) => {
             ready.map_err(|e| LbError::Runtime(format!("haproxy did not come up: {e}")))?;
+            shared.update(|s| s.started = true);
         }
         status = child.wait() => {
             return Err(LbError::HaproxyExited(haproxy_died(status)));

@@ -154,9 +154,18 @@ impl Lb {
     /// The master's reload counter, from `show proc`; waits out a master that is
     /// re-executing itself (its socket refuses connections for a moment).
     pub fn reloads(&self) -> u32 {
-        eventually(Duration::from_secs(10), "master answers show proc", || {
-            self.try_reloads()
-        })
+        let end = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(n) = self.try_reloads() {
+                return n;
+            }
+            assert!(
+                std::time::Instant::now() < end,
+                "master does not answer show proc; log:\n{}",
+                self.log_tail()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// The master's reload counter, if the master answers now.
@@ -248,6 +257,19 @@ fn master_pid(show_proc: &str) -> Option<u32> {
         .find(|l| l.contains(" master "))
         .and_then(|l| l.split_whitespace().next())
         .and_then(|p| p.parse().ok())
+}
+
+/// A base port such that `base + 1 ..= base + n` were all free a moment ago (for per-node
+/// frontends).
+pub fn free_port_range(n: u16) -> u16 {
+    for _ in 0..200 {
+        let base = 20_000 + rand::random::<u16>() % 30_000;
+        let free = (1..=n).all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok());
+        if free {
+            return base;
+        }
+    }
+    panic!("no range of {n} free loopback ports found");
 }
 
 /// One exchange on an HAProxy CLI socket: write, half-close, read to the end.

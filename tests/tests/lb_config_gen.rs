@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use peerkeep_registry::registration::{NodeInfo, Registration, RegistrationConfig};
 use peerkeep_registry::{ClusterName, EndpointName, EtcdOptions, Keyspace, NodeState, connect};
-use peerkeep_tests::haproxy::{HttpBackend, Lb, http_get, record_json};
+use peerkeep_tests::haproxy::{HttpBackend, Lb, free_port_range, http_get, record_json};
 use peerkeep_tests::proc::{free_port, workspace_bin};
 use peerkeep_tests::{Etcd, eventually};
 use tokio::runtime::Runtime;
@@ -711,4 +711,162 @@ fn lb_check_and_render_commands_exit_with_documented_codes() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+#[test]
+fn lb_empty_set_guard_empties_a_backend_only_when_a_second_read_confirms() {
+    let etcd = Etcd::start();
+    let port = free_port();
+    let frontend = SocketAddr::from(([127, 0, 0, 1], port));
+    let a = HttpBackend::start("a");
+    let b = HttpBackend::start("b");
+    etcd.put(
+        &format!("{NODES}a"),
+        &record_json("a", 1, "ready", a.api(), a.health()),
+    );
+    etcd.put(
+        &format!("{NODES}b"),
+        &record_json("b", 2, "ready", b.api(), b.health()),
+    );
+    let lb = Lb::start(&etcd, &services(port, 4), &[]);
+    wait_served(frontend, &["a", "b"]);
+
+    // Both gone in one revision: the second read agrees, so the backend is emptied.
+    let out = etcd.etcdctl(&["del", "--prefix", NODES]);
+    assert!(out.status.success());
+    eventually(Duration::from_secs(10), "both slots in maintenance", || {
+        let state = lb.runtime("show servers state rpc");
+        let maint = state
+            .lines()
+            .filter(|l| l.contains(" rpc ") && (l.contains(" s1 ") || l.contains(" s2 ")))
+            .filter(|l| {
+                l.split_whitespace()
+                    .nth(6)
+                    .is_some_and(|adm| adm != "0" && adm != "4")
+            })
+            .count();
+        (maint == 2).then_some(())
+    });
+    assert!(
+        lb.log().contains("confirmed by a second read"),
+        "{}",
+        lb.log_tail()
+    );
+    assert_eq!(http_get(frontend, "/").map(|r| r.0).ok(), Some(503));
+}
+
+#[test]
+fn lb_run_refuses_a_single_file_bind_mount_target() {
+    let etcd = Etcd::start();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let target = dir.path().join("haproxy.cfg");
+    let source = dir.path().join("mounted.cfg");
+    std::fs::write(&target, "").expect("target");
+    std::fs::write(&source, "").expect("source");
+    let toml = dir.path().join("lb.toml");
+    std::fs::write(
+        &toml,
+        format!(
+            "[haproxy]\nconfig = \"{}\"\nmaster_socket = \"{d}/m.sock\"\nstats_socket = \"{d}/a.sock\"\n\n{}",
+            target.display(),
+            services(free_port(), 2),
+            d = dir.path().display()
+        ),
+    )
+    .expect("toml");
+    // The bind mount lives in a private mount namespace that ends with the command.
+    let script = format!(
+        "mount --bind {} {} && exec {} run --config {} --etcd-endpoints {} --health-listen 127.0.0.1:{}",
+        source.display(),
+        target.display(),
+        workspace_bin("lb-config-gen").display(),
+        toml.display(),
+        etcd.endpoint(),
+        free_port()
+    );
+    let out = std::process::Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+        .output()
+        .expect("unshare (util-linux) must be installed");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(err.contains("mount its directory"), "{err}");
+}
+
+/// Registration put in etcd → first request answered by the new node, through its per-node
+/// frontend (only that node can answer there). `PEERKEEP_BENCH_TRIALS` sets the trial count
+/// (default 20; `scripts/bench-lb` runs 100). The bound asserted is a regression guard, far
+/// above the measured numbers recorded in docs/benchmarks-lb.md.
+#[test]
+fn heavy_lb_registration_to_first_request_latency() {
+    let trials: u32 = std::env::var("PEERKEEP_BENCH_TRIALS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    let etcd = Etcd::start();
+    let rt = runtime();
+    let port = free_port();
+    let capacity = trials.next_power_of_two().max(2);
+    let port_base = free_port_range(u16::try_from(capacity).expect("small"));
+    let toml = format!(
+        "{}per_node = {{ bind_ip = \"127.0.0.1\", port_base = {port_base} }}\n",
+        services(port, capacity)
+    );
+    let lb = Lb::start(&etcd, &toml, &[]);
+    let reloads = lb.reloads();
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("client");
+    let mut samples = Vec::new();
+    for slot in 1..=trials {
+        let backend = HttpBackend::start(&format!("t{slot}"));
+        let key = format!("{NODES}t{slot}");
+        let value = record_json(
+            &format!("t{slot}"),
+            slot,
+            "ready",
+            backend.api(),
+            backend.health(),
+        );
+        let url = format!("http://127.0.0.1:{}/", port_base + slot as u16);
+        let elapsed = rt.block_on(async {
+            let started = Instant::now();
+            let put =
+                serde_json::json!({"key": b64(key.as_bytes()), "value": b64(value.as_bytes())});
+            let r = client
+                .post(format!("{}/v3/kv/put", etcd.endpoint()))
+                .json(&put)
+                .send()
+                .await
+                .expect("put");
+            assert!(r.status().is_success());
+            loop {
+                if let Ok(r) = client.get(&url).send().await
+                    && r.status().is_success()
+                {
+                    return started.elapsed();
+                }
+                assert!(
+                    started.elapsed() < Duration::from_secs(10),
+                    "t{slot} never served"
+                );
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        });
+        samples.push(elapsed);
+        // Out of the pool again, so later trials are not slowed by earlier nodes' checks.
+        let out = etcd.etcdctl(&["del", &key]);
+        assert!(out.status.success());
+    }
+    samples.sort();
+    let pct = |p: usize| samples[(samples.len() * p / 100).min(samples.len() - 1)];
+    println!(
+        "registration -> first request over {trials} trials: p50 {:?}, p99 {:?}, max {:?}",
+        pct(50),
+        pct(99),
+        samples[samples.len() - 1]
+    );
+    assert_eq!(lb.reloads(), reloads, "joins within capacity never reload");
+    assert!(pct(99) < Duration::from_secs(2), "p99 {:?}", pct(99));
 }
