@@ -119,6 +119,14 @@ enum Wake {
     ViewChanged,
     RegistrationChanged,
     RegistrationEvent(RegistrationEvent),
+    Closed(Stream),
+}
+
+/// A channel the loop listens to.
+enum Stream {
+    View,
+    RegistrationStatus,
+    RegistrationEvents,
 }
 
 impl Agent {
@@ -133,6 +141,8 @@ impl Agent {
         let mut polling_fast = true;
         let mut reg_status: Option<watch::Receiver<RegistrationStatus>> = None;
         let mut reg_events: Option<broadcast::Receiver<RegistrationEvent>> = None;
+        let mut subscribed = false;
+        let mut view_open = true;
         loop {
             let wake = {
                 let reg = self.registration.as_ref();
@@ -143,20 +153,19 @@ impl Agent {
                         Wake::RegistrationStopped(err)
                     }
                     _ = poll.tick() => Wake::Tick,
-                    r = self.view.changed() => match r {
+                    r = self.view.changed(), if view_open => match r {
                         Ok(()) => Wake::ViewChanged,
-                        // The membership task ended (runtime shutting down): keep the last view.
-                        Err(_) => std::future::pending().await,
+                        Err(_) => Wake::Closed(Stream::View),
                     },
                     r = async { match reg_status.as_mut() { Some(rx) => rx.changed().await, None => std::future::pending().await } } => match r {
                         Ok(()) => Wake::RegistrationChanged,
-                        Err(_) => std::future::pending().await,
+                        Err(_) => Wake::Closed(Stream::RegistrationStatus),
                     },
                     r = async { match reg_events.as_mut() { Some(rx) => rx.recv().await, None => std::future::pending().await } } => match r {
                         Ok(event) => Wake::RegistrationEvent(event),
-                        // Lagged: a burst of events was dropped; counts may undercount, nothing else.
+                        // A burst of events was dropped: counts may undercount, nothing else.
                         Err(broadcast::error::RecvError::Lagged(_)) => Wake::RegistrationChanged,
-                        Err(broadcast::error::RecvError::Closed) => std::future::pending().await,
+                        Err(broadcast::error::RecvError::Closed) => Wake::Closed(Stream::RegistrationEvents),
                     },
                 }
             };
@@ -172,11 +181,18 @@ impl Agent {
                         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                         poll.reset();
                     }
-                    if reg_status.is_none() {
-                        reg_status = self.registration.as_ref().map(Registration::watch_status);
-                        reg_events = self.registration.as_ref().map(Registration::events);
+                    if !subscribed && let Some(reg) = &self.registration {
+                        subscribed = true;
+                        reg_status = Some(reg.watch_status());
+                        reg_events = Some(reg.events());
                     }
                 }
+                // A sender went away (the registration task ended, or the runtime is shutting
+                // down): stop listening to it. The registration's end is handled through
+                // `stopped()`; the membership view keeps its last value.
+                Wake::Closed(Stream::View) => view_open = false,
+                Wake::Closed(Stream::RegistrationStatus) => reg_status = None,
+                Wake::Closed(Stream::RegistrationEvents) => reg_events = None,
                 Wake::ViewChanged => self.apply_view(),
                 Wake::RegistrationChanged => {}
                 Wake::RegistrationEvent(event) => {
