@@ -351,6 +351,18 @@ async fn geth_without_the_admin_api_fails_the_probe_with_the_reason() {
     assert!(err.to_string().contains("does not exist"), "{err}");
 }
 
+#[tokio::test]
+async fn geth_vhosts_refusal_says_what_to_fix() {
+    let fake = FakeServer::start(|_| Reply::text(403, "invalid host specified\n"));
+    let a = build(&config(AdapterKind::Geth, &fake.url())).expect("builds");
+    let err = a.probe().await.expect_err("403");
+    assert!(
+        matches!(err, AdapterError::Unauthorized { status: 403, .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("--http.vhosts"), "{err}");
+}
+
 // ---------------------------------------------------------------- http-template
 
 #[tokio::test]

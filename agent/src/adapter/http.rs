@@ -204,11 +204,20 @@ impl HttpApi {
             reply.status,
             StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN
         ) {
+            // geth answers 403 "invalid host specified" to a Host header outside --http.vhosts:
+            // not a credentials problem, and the fix is on the daemon's side.
+            let hint = if reply.status == StatusCode::FORBIDDEN
+                && String::from_utf8_lossy(&reply.body).contains("invalid host")
+            {
+                "the daemon refused the Host header: add the --node-api host name to its allowed virtual hosts (geth --http.vhosts)"
+            } else {
+                self.auth_hint()
+            };
             return Err(AdapterError::Unauthorized {
                 call,
                 endpoint: url.to_string(),
                 status: reply.status.as_u16(),
-                hint: self.auth_hint(),
+                hint,
             });
         }
         Ok(reply)

@@ -172,7 +172,10 @@ pub trait NodeAdapter: Send + Sync + fmt::Debug {
     /// The adapter kind, for logs and `/status`.
     fn kind(&self) -> AdapterKind;
 
-    /// Succeeds when the daemon's API answers (and accepts the credentials).
+    /// Succeeds when the daemon's API answers. Where the probed call needs credentials
+    /// (bitcoind, geth, most templates) a wrong one shows here as
+    /// [`AdapterError::Unauthorized`]; Wavelet's `/ledger` needs none, so a wrong token shows
+    /// at the first connect.
     async fn probe(&self) -> Result<(), AdapterError>;
 
     /// The daemon's current peers, inbound included.
