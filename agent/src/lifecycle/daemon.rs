@@ -34,7 +34,7 @@ pub struct ProbeReport {
     pub synced: Option<bool>,
     /// Age of the best block, if the adapter reports it.
     pub lag: Option<Duration>,
-    /// The daemon's peers, if the adapter reports them (what the peer keeper will act on).
+    /// The daemon's peers, if the adapter reports them.
     pub peers: Option<Vec<Peer>>,
 }
 

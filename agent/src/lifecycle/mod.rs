@@ -14,8 +14,9 @@
 //!    publishes the record state, `/status` and metrics — until the daemon exits, a shutdown is
 //!    requested ([`shutdown`]), or the node id turns out to be taken (exit 4).
 //!
-//! The peer keeper's loop is a later step: its seam is [`Agent::probe_round`], where the
-//! daemon's peers are observed and connects/disconnects would be applied.
+//! With a node adapter, the peer keeper ([`crate::keeper`]) runs beside this loop as its own
+//! task (started in [`run`], stopped when the phase leaves Running); this loop only reads the
+//! peer count for readiness.
 
 mod daemon;
 mod phase;
@@ -207,7 +208,7 @@ impl Agent {
     }
 
     /// Asks the daemon, applies the readiness rule, and starts the registration on the first
-    /// answer. The peer keeper will act here too, on the peers the probe observed.
+    /// answer.
     async fn probe_round(&mut self) -> Result<(), RunError> {
         let now = Instant::now();
         let result = self.probe.check().await;
@@ -232,8 +233,6 @@ impl Agent {
                 self.observation.synced = report.synced;
                 self.observation.lag = report.lag;
                 self.observation.peers = report.peers.as_ref().map(Vec::len);
-                // Seam for the peer keeper: `report.peers` and the membership view are its
-                // inputs; its plan's connects and disconnects would be applied here.
                 self.status.send_modify(|s| {
                     s.daemon.reachable = true;
                     s.daemon.answered = true;
