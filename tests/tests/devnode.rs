@@ -389,3 +389,20 @@ fn advertise_makes_peers_dial_the_given_address_only() {
     wait_peers(&b, &[nat.addr()]);
     wait_peers(&a, &[b.p2p()]);
 }
+
+#[test]
+fn sigterm_exits_promptly_even_with_a_stuck_api_client() {
+    let mut a = DevNode::start("a", &[]);
+    let mut stuck = TcpStream::connect(a.api()).expect("connect API");
+    stuck
+        .write_all(b"GET /ledger HTTP/1.1\r\nHost: x\r\n")
+        .expect("half a request");
+    let started = Instant::now();
+    let st = a.terminate(Duration::from_secs(10)).expect("exit status");
+    assert_eq!(st.code(), Some(0), "{}", a.log());
+    assert!(
+        started.elapsed() < Duration::from_secs(6),
+        "took {:?}",
+        started.elapsed()
+    );
+}

@@ -31,6 +31,9 @@ use peerkeep_registry::NodeId;
 
 pub use fixture::DevNode;
 
+/// After SIGTERM/SIGINT, how long requests in flight may take before the process exits.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+
 /// Command-line flags of `devnode`.
 #[derive(Debug, Clone, Parser)]
 #[command(
@@ -175,8 +178,22 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         async_connect: args.async_connect,
         connect_failure_rate: args.connect_failure_rate,
     });
-    let server = axum::serve(api_listener, app).with_graceful_shutdown(shutdown_signal());
-    server.await.context("HTTP API server failed")?;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = axum::serve(api_listener, app).with_graceful_shutdown(async {
+        let _ = stop_rx.await;
+    });
+    // Graceful shutdown lets requests in flight finish, but a slow client must not hold the
+    // process: after a signal, at most SHUTDOWN_GRACE more.
+    let deadline = async {
+        shutdown_signal().await;
+        tracing::info!(id = %node.id, "signal received, shutting down");
+        let _ = stop_tx.send(());
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
+    };
+    tokio::select! {
+        served = server => served.context("HTTP API server failed")?,
+        () = deadline => tracing::warn!("API requests still open after {SHUTDOWN_GRACE:?}; exiting anyway"),
+    }
     node.lock_peers().close_all();
     tracing::info!(id = %node.id, "devnode stopped");
     Ok(())
