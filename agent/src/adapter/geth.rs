@@ -6,7 +6,9 @@
 //!   carry ephemeral ports, so the identity is the only reliable key.
 //! - connect: `admin_addPeer("enode://<id>@<addr>")`, asynchronous (→ [`ConnectOutcome::Pending`])
 //!   and redialed forever by geth; it needs the target's enode id.
-//! - disconnect: `admin_removePeer` with the enode geth lists for that address.
+//! - disconnect: `admin_removePeer` with the enode geth lists for that address. A peer that
+//!   was added but never connected is not listed, so it cannot be found by address: geth keeps
+//!   redialing it until it connects (then it can be removed) or geth restarts.
 //! - sync: `eth_syncing` and the latest block's age. After the merge `eth_syncing` can be
 //!   `false` on a stalled node, which is why the lag is reported too.
 
