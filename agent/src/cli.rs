@@ -1,6 +1,6 @@
 //! Command-line interface of `peerkeep-agent`: every flag, its `PEERKEEP_*` environment
-//! fallback, its default and its help text. Parsing only; [`crate::config`] turns a parsed
-//! `run` into a checked configuration.
+//! fallback, its default and its help text. Parsing only; [`crate::lifecycle::run`] turns a
+//! parsed `run` into a checked configuration.
 
 use std::ffi::OsString;
 use std::net::SocketAddr;
@@ -50,7 +50,7 @@ pub enum Command {
 #[command(next_help_heading = "Addresses")]
 pub struct AddressArgs {
     /// Address sources for the advertised (p2p, possibly public) address, comma-separated,
-    /// tried in order: ip:<addr>, env:<VAR>, iface:<name>, cidr:<net>, ec2:public-ipv4,
+    /// tried in order: ip:ADDR, env:VAR, iface:NAME, cidr:NET, ec2:public-ipv4,
     /// ec2:local-ipv4, route, hostname. Unset: the private address is advertised.
     #[arg(
         long,
@@ -97,7 +97,7 @@ pub struct RunArgs {
     #[arg(long, env = "PEERKEEP_NODE_ID", help_heading = "Node")]
     pub node_id: Option<NodeId>,
 
-    /// A published endpoint, NAME=[HOST]:PORT, repeatable. An empty host means the advertised
+    /// A published endpoint, NAME=HOST:PORT or NAME=:PORT, repeatable. An empty host means the advertised
     /// address for p2p and the private address for any other name. The agent adds `health`.
     #[arg(
         long = "endpoint",
@@ -218,7 +218,7 @@ pub struct HealthArgs {
     pub probe: Probe,
 
     /// The agent's health server. Default: PEERKEEP_HEALTH_LISTEN as `run` uses it, with
-    /// 0.0.0.0 / [::] mapped to loopback.
+    /// the unspecified address (0.0.0.0 or ::) mapped to loopback.
     #[arg(
         long,
         env = "PEERKEEP_HEALTH_LISTEN",
@@ -270,7 +270,7 @@ pub fn parse_signal(s: &str) -> Result<Signal, String> {
         .map_err(|_| format!("{s:?} is not a signal name (e.g. TERM, INT, QUIT)"))
 }
 
-/// The health server address to ask: 0.0.0.0 and [::] (where `run` listens on every interface)
+/// The health server address to ask: 0.0.0.0 and `[::]` (where `run` listens on every interface)
 /// become the matching loopback address.
 pub fn probe_target(listen: &str) -> String {
     if let Some(port) = listen.strip_prefix("0.0.0.0:") {

@@ -50,7 +50,7 @@ pub enum DaemonProbe {
 }
 
 impl DaemonProbe {
-    /// One probe, bounded by [`PROBE_TIMEOUT`].
+    /// One probe, bounded by `PROBE_TIMEOUT` (three times that through an adapter).
     pub async fn check(&self) -> Result<ProbeReport, String> {
         match self {
             Self::Tcp(addr) => {

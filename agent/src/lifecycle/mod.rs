@@ -12,7 +12,7 @@
 //!    daemon first answers, as `starting`.
 //! 4. The loop probes the daemon, applies the readiness rule and the operator's drain key, and
 //!    publishes the record state, `/status` and metrics — until the daemon exits, a shutdown is
-//!    requested ([`shutdown`]), or the node id turns out to be taken (exit 4).
+//!    requested (the `shutdown` module), or the node id turns out to be taken (exit 4).
 //!
 //! With a node adapter, the peer keeper ([`crate::keeper`]) runs beside this loop as its own
 //! task (started in [`run`], stopped when the phase leaves Running); this loop only reads the
