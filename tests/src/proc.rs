@@ -11,12 +11,36 @@ use std::time::Duration;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-/// A loopback port that was free a moment ago.
+/// A loopback port that was free a moment ago, chosen outside the kernel's ephemeral range.
+///
+/// Ports handed out by binding port 0 come from the ephemeral range, which is also where every
+/// outgoing connection's local port comes from: with dozens of nodes dialing each other, a port
+/// picked for a node that has not started yet can be taken by someone's outgoing connection
+/// before the node binds it. Picking at random below the ephemeral range avoids that, and the
+/// randomness keeps parallel test processes apart.
 pub fn free_port() -> u16 {
+    let (eph_lo, _) = ephemeral_range();
+    let hi = eph_lo.clamp(11_000, 32_768);
+    for _ in 0..1000 {
+        let port = rand::random_range(10_000..hi);
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("binding 127.0.0.1:0 must work on a test machine")
+}
+
+fn ephemeral_range() -> (u16, u16) {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| {
+            let mut it = s.split_whitespace().map(|p| p.parse::<u16>().ok());
+            Some((it.next()??, it.next()??))
+        })
+        .unwrap_or((32_768, 60_999))
 }
 
 /// `127.0.0.1:<free port>`.

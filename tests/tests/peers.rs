@@ -38,6 +38,11 @@ fn all_at_least(nodes: &[FleetNode], k: usize) -> Option<Vec<(String, Vec<String
     adj.iter().all(|(_, p)| p.len() >= k).then_some(adj)
 }
 
+fn tail(s: &str, n: usize) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
 fn counter(n: &FleetNode, name: &str) -> f64 {
     n.metric(name).unwrap_or(f64::NAN)
 }
@@ -63,11 +68,15 @@ fn heavy_peers_thirty_nodes_converge_to_a_connected_graph() {
     // extra links while the fleet is still starting; trimming brings them back under the max.
     let last = std::cell::RefCell::new(None);
     let converged = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        eventually(Duration::from_secs(90), "every node has K..=2K peers", || {
-            let adj = adjacency(&nodes);
-            last.replace(adj.clone());
-            adj.filter(|adj| adj.iter().all(|(_, p)| (K..=2 * K).contains(&p.len())))
-        })
+        eventually(
+            Duration::from_secs(90),
+            "every node has K..=2K peers",
+            || {
+                let adj = adjacency(&nodes);
+                last.replace(adj.clone());
+                adj.filter(|adj| adj.iter().all(|(_, p)| (K..=2 * K).contains(&p.len())))
+            },
+        )
     }));
     let adj = converged.unwrap_or_else(|_| {
         let degrees: Vec<(String, usize)> = last
@@ -76,7 +85,12 @@ fn heavy_peers_thirty_nodes_converge_to_a_connected_graph() {
             .into_iter()
             .map(|(id, p)| (id, p.len()))
             .collect();
-        panic!("no convergence within 90 s; last degrees: {degrees:?}")
+        let silent: Vec<String> = nodes
+            .iter()
+            .filter(|n| n.ledger().is_none())
+            .map(|n| format!("{}: {}", n.id, tail(&n.log(), 5)))
+            .collect();
+        panic!("no convergence within 90 s; last degrees: {degrees:?}; not answering: {silent:#?}")
     });
     let degrees: Vec<usize> = adj.iter().map(|(_, p)| p.len()).collect();
     let (min, max) = (
@@ -104,23 +118,35 @@ fn heavy_peers_survivors_recover_through_the_adapter_before_leases_expire() {
     for mut d in dead {
         d.kill9();
     }
-    let adj = eventually(Duration::from_secs(40), "survivors back at >= K peers", || {
-        let adj = adjacency(&nodes)?;
-        // Only live nodes count: the survivors' lists must no longer hold the dead ones.
-        let live: Vec<&String> = adj.iter().map(|(id, _)| id).collect();
-        adj.iter()
-            .all(|(_, ps)| ps.iter().filter(|p| live.contains(p)).count() >= K)
-            .then_some(adj)
-    });
+    let adj = eventually(
+        Duration::from_secs(40),
+        "survivors back at >= K peers",
+        || {
+            let adj = adjacency(&nodes)?;
+            // Only live nodes count: the survivors' lists must no longer hold the dead ones.
+            let live: Vec<&String> = adj.iter().map(|(id, _)| id).collect();
+            adj.iter()
+                .all(|(_, ps)| ps.iter().filter(|p| live.contains(p)).count() >= K)
+                .then_some(adj)
+        },
+    );
     let took = killed_at.elapsed();
     eprintln!("recovery after kill -9 of 4 of 12 nodes: {took:?}");
     assert!(
         took < Duration::from_secs(45),
         "recovery must come from the daemons' peer lists, well before the 60 s leases expire"
     );
-    let records = etcd.etcdctl(&["get", "--prefix", "--keys-only", "/peerkeep/v1/clusters/default/nodes/"]);
+    let records = etcd.etcdctl(&[
+        "get",
+        "--prefix",
+        "--keys-only",
+        "/peerkeep/v1/clusters/default/nodes/",
+    ]);
     let keys = String::from_utf8_lossy(&records.stdout);
-    assert!(keys.contains("/nodes/r11"), "dead nodes must still be registered: {keys}");
+    assert!(
+        keys.contains("/nodes/r11"),
+        "dead nodes must still be registered: {keys}"
+    );
     assert!(connected(&adj));
 }
 
@@ -145,7 +171,10 @@ fn heavy_peers_etcd_outage_disconnects_nothing() {
     std::thread::sleep(Duration::from_secs(6)); // 3 × TTL with etcd down is the scenario itself.
     let during = adjacency(&nodes).expect("daemons answer while etcd is down");
     assert_eq!(
-        churn_counters(&nodes).iter().map(|c| c.1).collect::<Vec<_>>(),
+        churn_counters(&nodes)
+            .iter()
+            .map(|c| c.1)
+            .collect::<Vec<_>>(),
         before.iter().map(|c| c.1).collect::<Vec<_>>(),
         "no disconnect while etcd is down"
     );
@@ -157,11 +186,24 @@ fn heavy_peers_etcd_outage_disconnects_nothing() {
     etcd.start_again();
     // Registrations come back; once they have, nothing churns.
     eventually(Duration::from_secs(30), "all registered again", || {
-        let out = etcd.etcdctl(&["get", "--prefix", "--keys-only", "/peerkeep/v1/clusters/default/nodes/"]);
-        (String::from_utf8_lossy(&out.stdout).matches("/nodes/").count() == nodes.len()).then_some(())
+        let out = etcd.etcdctl(&[
+            "get",
+            "--prefix",
+            "--keys-only",
+            "/peerkeep/v1/clusters/default/nodes/",
+        ]);
+        (String::from_utf8_lossy(&out.stdout)
+            .matches("/nodes/")
+            .count()
+            == nodes.len())
+        .then_some(())
     });
     std::thread::sleep(Duration::from_secs(3)); // several poll rounds, to see whether anything moves
-    assert_eq!(churn_counters(&nodes), before, "connect/disconnect counters stay flat");
+    assert_eq!(
+        churn_counters(&nodes),
+        before,
+        "connect/disconnect counters stay flat"
+    );
 }
 
 #[test]
@@ -177,16 +219,24 @@ fn heavy_peers_drain_moves_peers_away_and_undrain_restores_candidacy() {
         .args(["drain", &target.id, "--etcd-endpoints", &etcd.endpoint()])
         .output()
         .expect("peerkeep drain");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let others: Vec<&FleetNode> = nodes.iter().filter(|n| n.id != target.id).collect();
-    eventually(Duration::from_secs(30), "peers leave the drained node and replace it", || {
-        let ok = others.iter().all(|n| {
-            n.peer_ids().is_some_and(|p| {
-                !p.contains(&target.id) && p.len() >= (K).min(others.len() - 1)
-            })
-        });
-        ok.then_some(())
-    });
+    eventually(
+        Duration::from_secs(30),
+        "peers leave the drained node and replace it",
+        || {
+            let ok = others.iter().all(|n| {
+                n.peer_ids().is_some_and(|p| {
+                    !p.contains(&target.id) && p.len() >= (K).min(others.len() - 1)
+                })
+            });
+            ok.then_some(())
+        },
+    );
     // The drained daemon itself keeps running.
     assert!(target.ledger().is_some(), "drain must not stop the daemon");
     let out = std::process::Command::new(peerkeep_tests::proc::workspace_bin("peerkeep"))
@@ -194,9 +244,11 @@ fn heavy_peers_drain_moves_peers_away_and_undrain_restores_candidacy() {
         .output()
         .expect("peerkeep undrain");
     assert!(out.status.success());
-    eventually(Duration::from_secs(30), "undrained node is peered again", || {
-        target.peer_ids().filter(|p| p.len() >= K).map(|_| ())
-    });
+    eventually(
+        Duration::from_secs(30),
+        "undrained node is peered again",
+        || target.peer_ids().filter(|p| p.len() >= K).map(|_| ()),
+    );
 }
 
 #[test]
@@ -209,15 +261,21 @@ fn heavy_peers_node_cut_off_from_etcd_keeps_its_peers() {
     eventually(Duration::from_secs(60), "every node has >= K peers", || {
         let mut all: Vec<&FleetNode> = nodes.iter().collect();
         all.push(&cut);
-        all.iter().all(|n| n.peer_ids().is_some_and(|p| p.len() >= K)).then_some(())
+        all.iter()
+            .all(|n| n.peer_ids().is_some_and(|p| p.len() >= K))
+            .then_some(())
     });
     let cut_peers = cut.peer_ids().expect("answers");
     proxy.cut();
     // Its record expires; the others must not disconnect it (a vanished record is no reason).
-    eventually(Duration::from_secs(20), "the cut-off node's record expires", || {
-        let out = etcd.etcdctl(&["get", "/peerkeep/v1/clusters/default/nodes/cut"]);
-        out.stdout.is_empty().then_some(())
-    });
+    eventually(
+        Duration::from_secs(20),
+        "the cut-off node's record expires",
+        || {
+            let out = etcd.etcdctl(&["get", "/peerkeep/v1/clusters/default/nodes/cut"]);
+            out.stdout.is_empty().then_some(())
+        },
+    );
     // Some of its peers die and new nodes join meanwhile.
     let victim_id = cut_peers.iter().find(|p| p.as_str() != "c0").cloned();
     if let Some(v) = &victim_id
@@ -227,16 +285,23 @@ fn heavy_peers_node_cut_off_from_etcd_keeps_its_peers() {
     }
     nodes.push(FleetNode::start(&cfg, "c-new1", false));
     nodes.push(FleetNode::start(&cfg, "c-new2", false));
-    eventually(Duration::from_secs(30), "the cut-off node stays at >= K live peers", || {
-        let live: Vec<&str> = nodes.iter().map(|n| n.id.as_str()).collect();
-        cut.peer_ids()
-            .filter(|p| p.iter().filter(|x| live.contains(&x.as_str())).count() >= K)
-            .map(|_| ())
-    });
+    eventually(
+        Duration::from_secs(30),
+        "the cut-off node stays at >= K live peers",
+        || {
+            let live: Vec<&str> = nodes.iter().map(|n| n.id.as_str()).collect();
+            cut.peer_ids()
+                .filter(|p| p.iter().filter(|x| live.contains(&x.as_str())).count() >= K)
+                .map(|_| ())
+        },
+    );
     let kept = cut.peer_ids().expect("answers");
     for p in &cut_peers {
         if Some(p) != victim_id.as_ref() {
-            assert!(kept.contains(p), "cut-off node lost live peer {p}: {kept:?}");
+            assert!(
+                kept.contains(p),
+                "cut-off node lost live peer {p}: {kept:?}"
+            );
         }
     }
     let before = churn_counters(&nodes);
