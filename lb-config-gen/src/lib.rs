@@ -9,7 +9,7 @@
 //! - [`diff`]: running vs desired → runtime API commands, a reload, or nothing.
 //! - [`runtime_cmd`]: runtime API commands as typed values, rendered to text in one place.
 //! - [`haproxy`]: the master and runtime sockets, validated atomic file installs, the process.
-//! - [`apply`]: owns the running model and carries out the diff; [`run`]: the event loop
+//! - [`apply`]: owns the running model and carries out the diff ([`probe`] pre-checks joiners); [`run`]: the event loop
 //!   (debounce, SIGHUP, TERM, empty-set guard); [`health`], [`metrics`]: `/readyz`, `/metrics`.
 //! - [`cli`], [`error`]: commands, flag/file precedence, exit codes.
 //!
@@ -27,6 +27,7 @@ pub mod haproxy;
 pub mod health;
 pub mod metrics;
 pub mod model;
+pub mod probe;
 pub mod render;
 pub mod run;
 pub mod runtime_cmd;

@@ -49,6 +49,15 @@ pub enum BackendName {
     Node(ServiceName, u32),
 }
 
+impl BackendName {
+    /// The service this backend belongs to.
+    pub fn service(&self) -> &ServiceName {
+        match self {
+            Self::Service(s) | Self::Node(s, _) => s,
+        }
+    }
+}
+
 impl fmt::Display for BackendName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
