@@ -24,7 +24,7 @@ use super::p2p::{DialOutcome, dial};
 
 /// With `--async-connect`, how long after answering the node starts dialing. Long enough that a
 /// caller polling right after the answer sees the peer missing, like nodeos and geth.
-pub const ASYNC_CONNECT_DELAY: Duration = Duration::from_millis(300);
+pub const ASYNC_CONNECT_DELAY: Duration = Duration::from_secs(1);
 
 /// What the handlers share.
 #[derive(Debug, Clone)]
