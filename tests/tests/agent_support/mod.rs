@@ -84,16 +84,62 @@ impl AgentProc {
         extra: &[&str],
         daemon: &[&str],
     ) -> Self {
+        Self::spawn(
+            &workspace_bin("peerkeep-agent"),
+            wrapper,
+            dir,
+            etcd,
+            node_id,
+            extra,
+            daemon,
+        )
+    }
+
+    /// Like [`AgentProc::start`] with another build of the agent (benchmarks use release).
+    pub fn start_with_bin(
+        bin: &Path,
+        etcd: &str,
+        node_id: &str,
+        extra: &[&str],
+        daemon: &[&str],
+    ) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("peerkeep-agent-test-")
+            .tempdir()
+            .expect("temp dir");
+        Self::spawn(bin, &[], dir, etcd, node_id, extra, daemon)
+    }
+
+    /// Like [`AgentProc::start_in`] with another build of the agent.
+    pub fn start_in_with_bin(
+        bin: &Path,
+        dir: TempDir,
+        etcd: &str,
+        node_id: &str,
+        extra: &[&str],
+        daemon: &[&str],
+    ) -> Self {
+        Self::spawn(bin, &[], dir, etcd, node_id, extra, daemon)
+    }
+
+    fn spawn(
+        agent: &Path,
+        wrapper: &[&str],
+        dir: TempDir,
+        etcd: &str,
+        node_id: &str,
+        extra: &[&str],
+        daemon: &[&str],
+    ) -> Self {
         let health = free_addr();
         let log = std::fs::File::create(dir.path().join("agent.log")).expect("log file");
-        let agent = workspace_bin("peerkeep-agent");
         let mut cmd = match wrapper.split_first() {
             Some((program, args)) => {
                 let mut c = Command::new(program);
-                c.args(args).arg(&agent);
+                c.args(args).arg(agent);
                 c
             }
-            None => Command::new(&agent),
+            None => Command::new(agent),
         };
         cmd.args(base_args(etcd, node_id, health))
             .args(extra)
