@@ -197,6 +197,54 @@ async fn wavelet_adapter_drives_devnode() {
     );
 }
 
+#[tokio::test]
+async fn wavelet_adapter_on_devnodes_stale_entries_redial_is_the_liveness_test() {
+    let a = DevNode::start("a", &["--stale-peers", "10s"]);
+    let mut b = DevNode::start("b", &[]);
+    let ad = with_token(AdapterKind::Wavelet, &a.api_url(), a.token());
+    ad.connect(b.p2p(), None).await.expect("connect");
+    let b_addr = b.p2p();
+    b.kill();
+    // Like Wavelet's routing table, the dead peer stays listed...
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let peers = ad.peers().await.expect("peers");
+    assert_eq!(
+        peers.iter().map(|p| p.addr).collect::<Vec<_>>(),
+        vec![b_addr]
+    );
+    // ...disconnecting it fails with "not found", and re-dialing it tells it is dead.
+    let err = ad.disconnect(b_addr).await.expect_err("stale entry");
+    assert!(
+        matches!(
+            err,
+            AdapterError::Rejected {
+                status: Some(500),
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let err = ad.connect(b_addr, None).await.expect_err("dead peer");
+    assert!(
+        matches!(&err, AdapterError::Rejected { status: Some(500), message, .. } if message.contains("error connecting")),
+        "{err}"
+    );
+
+    let flaky = DevNode::start("flaky", &["--connect-failure-rate", "1"]);
+    let af = with_token(AdapterKind::Wavelet, &flaky.api_url(), flaky.token());
+    let err = af.connect(a.p2p(), None).await.expect_err("always fails");
+    assert!(
+        matches!(
+            err,
+            AdapterError::Rejected {
+                status: Some(500),
+                ..
+            }
+        ),
+        "{err}"
+    );
+}
+
 // ---------------------------------------------------------------- nodeos
 
 #[tokio::test]
