@@ -17,6 +17,8 @@
 //! - [`cli_args`], [`logging`]: the etcd flags and log set-up shared by all binaries.
 //! - [`cli`]: the `peerkeep` command line (the binary is a thin shell over it).
 
+#![forbid(unsafe_code)]
+
 pub mod cli;
 pub mod cli_args;
 pub mod connect;
