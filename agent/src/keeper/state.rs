@@ -192,8 +192,16 @@ mod tests {
         assert!(st.is_backing_off(&id("b"), now));
         assert!(!st.is_backing_off(&id("c"), now));
         // Lost again right after the next connect: the wait grows.
-        st.observe(&BTreeSet::from([id("b"), id("c")]), now + Duration::from_secs(2), 0.0);
-        st.observe(&BTreeSet::from([id("c")]), now + Duration::from_secs(2), 0.0);
+        st.observe(
+            &BTreeSet::from([id("b"), id("c")]),
+            now + Duration::from_secs(2),
+            0.0,
+        );
+        st.observe(
+            &BTreeSet::from([id("c")]),
+            now + Duration::from_secs(2),
+            0.0,
+        );
         assert_eq!(st.backoff[&id("b")].failures, 2);
     }
 
