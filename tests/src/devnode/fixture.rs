@@ -1,9 +1,9 @@
 //! Starting `devnode` processes from tests.
 //!
-//! A [`DevNode`] owns one devnode child on free loopback ports with its own temp dir (token
-//! file, log file); it is killed when dropped. The HTTP helpers are blocking and minimal
-//! (HTTP/1.0-style, one request per connection) so sync and async tests can both use them
-//! without a client library.
+//! A [`DevNode`] owns one devnode child on loopback with its own temp dir (token file, log
+//! file, ready file); it is killed when dropped. devnode binds port 0 and reports the ports it
+//! got, so parallel tests never race for a port. The HTTP helpers are blocking and minimal (one
+//! request per connection) so sync and async tests can both use them without a client library.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
