@@ -305,3 +305,39 @@ fn json_log_format_writes_one_object_per_line() {
         assert!(v["level"].is_string() && v["fields"].is_object(), "{line}");
     }
 }
+
+#[test]
+fn every_setting_can_come_from_the_environment() {
+    let etcd = Etcd::start();
+    let daemon = sh("echo \"$PEERKEEP_ENDPOINT_API\" > api.txt; exec sleep 600");
+    let mut agent = AgentProc::start_from_env(
+        &etcd.endpoint(),
+        "n-envcfg",
+        &[
+            ("PEERKEEP_ENDPOINT", "api=:9000,rpc=127.0.0.9:3000"),
+            ("PEERKEEP_LABEL", "zone=a,rack=r1"),
+            ("PEERKEEP_DRAIN_DELAY", "0s"),
+            ("PEERKEEP_STOP_SIGNAL", "INT"),
+            ("PEERKEEP_LOG_FORMAT", "json"),
+        ],
+        &strs(&daemon),
+    );
+    let rec = eventually(DEADLINE, "registered", || record(&etcd, "n-envcfg"));
+    assert_eq!(rec["endpoints"]["api"], "127.0.0.1:9000");
+    assert_eq!(rec["endpoints"]["rpc"], "127.0.0.9:3000");
+    assert_eq!(rec["labels"]["zone"], "a");
+    assert_eq!(rec["labels"]["rack"], "r1");
+    assert_eq!(agent.health_cmd("live").0, 0);
+    agent.signal(Signal::SIGTERM);
+    // `sleep` dies of the INT the agent sends as its stop signal: 128 + 2.
+    assert_eq!(
+        agent.wait_exit(DEADLINE).code(),
+        Some(130),
+        "log:\n{}",
+        agent.log()
+    );
+    assert!(
+        agent.log().lines().any(|l| l.starts_with('{')),
+        "not JSON logs"
+    );
+}

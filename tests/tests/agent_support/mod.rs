@@ -132,7 +132,6 @@ impl AgentProc {
         daemon: &[&str],
     ) -> Self {
         let health = free_addr();
-        let log = std::fs::File::create(dir.path().join("agent.log")).expect("log file");
         let mut cmd = match wrapper.split_first() {
             Some((program, args)) => {
                 let mut c = Command::new(program);
@@ -145,9 +144,41 @@ impl AgentProc {
             .args(extra)
             .arg("--")
             .args(daemon)
-            .current_dir(dir.path())
+            .env_remove("PEERKEEP_HEALTH_LISTEN");
+        Self::launch(cmd, dir, health, node_id)
+    }
+
+    /// Starts `peerkeep-agent run -- <daemon>` configured through `PEERKEEP_*` variables only:
+    /// the base settings of [`AgentProc::start`] as variables, plus `env`.
+    pub fn start_from_env(
+        etcd: &str,
+        node_id: &str,
+        env: &[(&str, &str)],
+        daemon: &[&str],
+    ) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("peerkeep-agent-test-")
+            .tempdir()
+            .expect("temp dir");
+        let health = free_addr();
+        let mut cmd = Command::new(workspace_bin("peerkeep-agent"));
+        cmd.arg("run")
+            .arg("--")
+            .args(daemon)
+            .env("PEERKEEP_ETCD_ENDPOINTS", etcd)
+            .env("PEERKEEP_NODE_ID", node_id)
+            .env("PEERKEEP_ALLOW_LOOPBACK", "1")
+            .env("PEERKEEP_PRIVATE_ADDR", "ip:127.0.0.1")
+            .env("PEERKEEP_HEALTH_LISTEN", health.to_string())
+            .env("PEERKEEP_LEASE_TTL", "2s")
+            .envs(env.iter().copied());
+        Self::launch(cmd, dir, health, node_id)
+    }
+
+    fn launch(mut cmd: Command, dir: TempDir, health: SocketAddr, node_id: &str) -> Self {
+        let log = std::fs::File::create(dir.path().join("agent.log")).expect("log file");
+        cmd.current_dir(dir.path())
             .env("RUST_LOG", "info")
-            .env_remove("PEERKEEP_HEALTH_LISTEN")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("dup log"))
             .stderr(log);
