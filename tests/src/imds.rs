@@ -145,10 +145,17 @@ impl Drop for FakeImds {
 
 async fn token(State(s): State<Shared>, headers: HeaderMap) -> (StatusCode, String) {
     s.counts.token_calls.fetch_add(1, Ordering::SeqCst);
-    let mode = s.behaviour.lock().map(|b| b.token).unwrap_or(TokenMode::Issue);
+    let mode = s
+        .behaviour
+        .lock()
+        .map(|b| b.token)
+        .unwrap_or(TokenMode::Issue);
     match mode {
         TokenMode::Issue => {
-            if headers.get("x-aws-ec2-metadata-token-ttl-seconds").is_none() {
+            if headers
+                .get("x-aws-ec2-metadata-token-ttl-seconds")
+                .is_none()
+            {
                 return (StatusCode::BAD_REQUEST, "missing ttl header".into());
             }
             (StatusCode::OK, FAKE_TOKEN.into())
