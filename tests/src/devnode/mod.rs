@@ -116,6 +116,7 @@ impl Node {
 
 /// Runs devnode until SIGTERM or SIGINT.
 pub async fn run(args: Args) -> anyhow::Result<()> {
+    let mut signals = ShutdownSignals::register()?;
     let token = std::fs::read_to_string(&args.api_token_file)
         .with_context(|| format!("reading --api-token-file {}", args.api_token_file.display()))?
         .trim()
@@ -185,7 +186,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     // Graceful shutdown lets requests in flight finish, but a slow client must not hold the
     // process: after a signal, at most SHUTDOWN_GRACE more.
     let deadline = async {
-        shutdown_signal().await;
+        signals.recv().await;
         tracing::info!(id = %node.id, "signal received, shutting down");
         let _ = stop_tx.send(());
         tokio::time::sleep(SHUTDOWN_GRACE).await;
@@ -216,17 +217,26 @@ fn write_ready_file(
         .with_context(|| format!("writing --ready-file {}", path.display()))
 }
 
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        // Without handlers the default actions still stop the process.
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => {},
-        _ = int.recv() => {},
+/// SIGTERM and SIGINT, registered as soon as devnode starts so that a signal sent while it is
+/// still binding its sockets is not lost (or fatal).
+struct ShutdownSignals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl ShutdownSignals {
+    fn register() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            term: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
+        })
+    }
+
+    async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {},
+            _ = self.int.recv() => {},
+        }
     }
 }
