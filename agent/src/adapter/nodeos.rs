@@ -8,7 +8,8 @@
 //! - connect/disconnect: `POST /v1/net/connect|disconnect` with a bare JSON string body
 //!   (`"host:port"`); success is HTTP 201 with a message string. Connect is asynchronous:
 //!   "added connection" says nothing about whether the dial will work, hence
-//!   [`ConnectOutcome::Pending`].
+//!   [`ConnectOutcome::Pending`]. Disconnect finds connections by their configured address
+//!   only, so an inbound peer cannot be dropped from this side ("no known connection").
 //! - sync: `POST /v1/chain/get_info`; `head_block_time` is UTC without a `Z`. nodeos makes no
 //!   "synced" claim, so the lag is what matters.
 
