@@ -2,8 +2,9 @@
 //!
 //! It is the only writer of the configuration file and the only sender of reloads and runtime
 //! commands. Every failure leaves HAProxy and the file on disk as they were (the last good
-//! state), is logged with its reason, counted, and shown on `/readyz` until a later apply
-//! succeeds. A runtime batch that HAProxy refuses falls back to a reload.
+//! state; after a reload HAProxy could not load, the running configuration is written back),
+//! is logged with its reason, counted, and shown on `/readyz` until a later apply succeeds.
+//! A runtime batch that HAProxy refuses falls back to a reload.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -192,9 +193,20 @@ impl Applier {
                 Outcome::Reloaded
             }
             Err(e) => {
-                error!(error = %e, "reload not confirmed");
+                error!(error = %e, "reload failed; HAProxy keeps the previous configuration");
+                self.restore_running_file(&target).await;
                 self.failed(RELOAD, e.to_string())
             }
+        }
+    }
+
+    /// Puts the running configuration back on disk after a failed reload, so that a restart
+    /// comes up with what is serving now rather than with the file HAProxy could not load.
+    async fn restore_running_file(&self, target: &std::path::Path) {
+        let running = render(&self.running);
+        match files::install_config(&self.sup, &self.bin, target, running.as_bytes()).await {
+            Ok(()) => info!("restored the running configuration on disk"),
+            Err(e) => error!(error = %e, "could not restore the running configuration on disk"),
         }
     }
 

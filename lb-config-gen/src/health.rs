@@ -1,6 +1,6 @@
 //! The health and metrics HTTP server (`--health-listen`).
 //!
-//! - `/livez`: 200 while the process and its apply loop run (never depends on etcd).
+//! - `/livez`: 200 while the process serves (never depends on etcd or on HAProxy's state).
 //! - `/readyz`: 200 when the last apply succeeded and the membership view is fresh; otherwise
 //!   503 with the reason, so an orchestrator or operator sees "degraded" and why.
 //! - `/metrics`: OpenMetrics text.

@@ -870,3 +870,46 @@ fn heavy_lb_registration_to_first_request_latency() {
     assert_eq!(lb.reloads(), reloads, "joins within capacity never reload");
     assert!(pct(99) < Duration::from_secs(2), "p99 {:?}", pct(99));
 }
+
+/// `haproxy -c` passes but the reload cannot bind (the port is taken): HAProxy keeps its
+/// workers, and the file on disk goes back to the running configuration.
+#[test]
+fn lb_failed_reload_restores_the_running_file_on_disk() {
+    let etcd = Etcd::start();
+    let rt = runtime();
+    let port = free_port();
+    let frontend = SocketAddr::from(([127, 0, 0, 1], port));
+    let _a = register(&rt, &etcd, HttpBackend::start("a"));
+    let lb = Lb::start(
+        &etcd,
+        &services(port, 2),
+        &["--min-reload-interval", "100ms"],
+    );
+    wait_served(frontend, &["a"]);
+    let file = lb.config_text();
+    let reloads = lb.reloads();
+
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let taken_port = taken.local_addr().expect("addr").port();
+    let second = format!(
+        "{}[[services]]\nname = \"other\"\nbind = \"127.0.0.1:{taken_port}\"\nendpoint = \"api\"\n",
+        services(port, 2)
+    );
+    lb.write_services(&second);
+    lb.sighup();
+    eventually(Duration::from_secs(20), "reload failure reported", || {
+        let (status, body) = lb.readyz();
+        (status == 503 && body.contains("reload")).then_some(())
+    });
+    assert_eq!(
+        lb.config_text(),
+        file,
+        "the file on disk is the running config again"
+    );
+    assert_eq!(served_names(frontend, 6), BTreeSet::from(["a".to_owned()]));
+    assert!(
+        lb.try_reloads().is_some_and(|n| n > reloads),
+        "HAProxy tried the reload"
+    );
+    drop(taken);
+}
