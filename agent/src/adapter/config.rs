@@ -81,7 +81,7 @@ pub struct AdapterArgs {
     #[arg(long, env = "PEERKEEP_NODE_API_PASSWORD_FILE", value_name = "PATH")]
     pub node_api_password_file: Option<PathBuf>,
 
-    /// Bitcoin Core cookie file (<datadir>/[regtest/].cookie); re-read whenever the daemon
+    /// Bitcoin Core cookie file (DATADIR/[regtest/].cookie); re-read whenever the daemon
     /// answers 401, since it is rewritten on every daemon start.
     #[arg(long, env = "PEERKEEP_NODE_API_COOKIE_FILE", value_name = "PATH")]
     pub node_api_cookie_file: Option<PathBuf>,
