@@ -29,7 +29,6 @@ use tokio::net::TcpListener;
 
 use crate::etcd::Etcd;
 use crate::proc::{die_with_test, free_port, signal, terminate, workspace_bin};
-use crate::wait::eventually;
 
 /// A running `lb-config-gen run` with its HAProxy.
 pub struct Lb {
