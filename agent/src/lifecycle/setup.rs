@@ -1,10 +1,14 @@
 //! Turning `run`'s flags into a running [`Agent`], and the errors that end a run early.
 
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
 use peerkeep_registry::registration::{NodeInfo, RegistrationConfig, new_instance_token};
-use peerkeep_registry::{EndpointName, Membership, NodeId, RegistryError};
+use peerkeep_registry::{
+    AddressPolicy, Endpoint, EndpointName, EtcdOptions, Keyspace, Membership, NodeId, RegistryError,
+};
 use peerkeep_supervise::{SpawnError, SuperviseError, Supervisor};
 use tokio::sync::watch;
 
@@ -40,6 +44,9 @@ pub enum RunError {
     /// An `--endpoint` is unusable.
     #[error("--endpoint: {0}")]
     Endpoint(String),
+    /// Nothing to run after `--` (clap requires it; only a caller bug gets here).
+    #[error("no daemon given after --")]
+    NoDaemon,
     /// The health listener could not be bound.
     #[error(transparent)]
     Bind(#[from] BindError),
@@ -60,7 +67,7 @@ impl RunError {
         match self {
             Self::Spawn(e) => e.exit_code(),
             Self::Registry(e) => i32::from(e.exit_code()),
-            Self::Endpoint(_) => 2,
+            Self::Endpoint(_) | Self::NoDaemon => 2,
             Self::Adapter(_) => 3,
             _ => 1,
         }
@@ -99,18 +106,7 @@ pub async fn run(args: RunArgs) -> Result<i32, RunError> {
 
     let addrs = Addresses::resolve(&args.addresses, policy).await?;
     addrs.log();
-    let record_endpoints = endpoints::build(
-        &args.endpoints,
-        addrs.advertise_ip(),
-        addrs.private_ip(),
-        args.health_listen.port(),
-    )
-    .map_err(|e| RunError::Endpoint(e.to_string()))?;
-    for ep in record_endpoints.values() {
-        if let Err(e) = policy.check(ep) {
-            return Err(RunError::Endpoint(e.to_string()));
-        }
-    }
+    let record_endpoints = published_endpoints(&args, &addrs, policy)?;
     let facts = DaemonFacts {
         node_id: id.clone(),
         advertise_ip: addrs.advertise_ip(),
@@ -119,17 +115,14 @@ pub async fn run(args: RunArgs) -> Result<i32, RunError> {
     };
 
     let instance = new_instance_token();
-    let mut status = AgentStatus::new(id.to_string(), instance.clone());
-    let (adv_status, prv_status) = addrs.status();
-    status.advertise = Some(adv_status);
-    status.private = Some(prv_status);
-    status.endpoints = record_endpoints
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    status.etcd_endpoints = etcd_options.endpoints.clone();
-    status.adapter = node_adapter.kind().as_str().to_owned();
-    status.etcd_user = etcd_options.auth.as_ref().map(|c| c.user.clone());
+    let status = initial_status(
+        &id,
+        &instance,
+        &addrs,
+        &record_endpoints,
+        &etcd_options,
+        node_adapter.kind(),
+    );
     let (status_tx, status_rx) = watch::channel(status);
     let metrics = Arc::new(Metrics::new());
 
@@ -138,22 +131,14 @@ pub async fn run(args: RunArgs) -> Result<i32, RunError> {
         heartbeat_limit: MIN_HEARTBEAT_LIMIT.max(args.peer_poll * 5),
         unanswered_limit: args.unready_after,
     };
-    tokio::spawn({
-        let metrics = Arc::clone(&metrics);
-        async move {
-            if let Err(e) = server::serve(listener, status_rx, metrics, liveness).await {
-                tracing::error!(error = %e, "health server stopped");
-            }
-        }
-    });
+    spawn_health_server(listener, status_rx, Arc::clone(&metrics), liveness);
     tracing::info!(listen = %args.health_listen, "health server listening");
 
     // Lazy: never fails because etcd is down.
     let etcd = peerkeep_registry::connect(&etcd_options).await?;
     let membership = Membership::start(etcd.clone(), keyspace.clone(), policy);
 
-    let mut cmd = daemon::command(&args.daemon, &facts)
-        .ok_or_else(|| RunError::NodeId("no daemon given after --".to_owned()))?;
+    let mut cmd = daemon::command(&args.daemon, &facts).ok_or(RunError::NoDaemon)?;
     let child = sup.spawn(&mut cmd)?;
     sup.forward_to(&child);
     tracing::info!(pid = child.pid().as_raw(), program = ?args.daemon.first(), "daemon started");
@@ -162,42 +147,15 @@ pub async fn run(args: RunArgs) -> Result<i32, RunError> {
         s.daemon.running = true;
     });
 
-    let probe = match (
-        node_adapter.kind(),
-        record_endpoints.get(&EndpointName::p2p()),
-    ) {
-        (AdapterKind::None, Some(p2p)) => {
-            DaemonProbe::Tcp(std::net::SocketAddr::new(addrs.private_ip(), p2p.port()))
-        }
-        (AdapterKind::None, None) => DaemonProbe::Running,
-        _ => DaemonProbe::Adapter(node_adapter.clone()),
-    };
-    let mut reg_config = RegistrationConfig::new(keyspace, id).with_ttl(args.lease_ttl);
-    if let Some(t) = args.claim_timeout {
-        reg_config.claim_timeout = t;
-    }
-    reg_config.instance = instance;
-    reg_config.version = format!("peerkeep-agent {}", env!("CARGO_PKG_VERSION"));
-    let mut reg_info = NodeInfo::new(record_endpoints);
-    reg_info.labels = args.labels.iter().cloned().collect();
-
-    let max_peers = args.max_peers.unwrap_or(args.min_peers * 2);
+    let probe = daemon_probe(&node_adapter, &record_endpoints, addrs.private_ip());
+    let (reg_config, reg_info) =
+        registration_setup(&args, keyspace, id, instance, record_endpoints);
     if node_adapter.kind() != AdapterKind::None {
-        let config = KeeperConfig {
-            params: PlanParams {
-                own_id: reg_config.id.clone(),
-                min_peers: args.min_peers,
-                max_peers,
-                strict_peers: args.strict_peers,
-            },
-            poll: args.peer_poll,
-            connect_deadline: DEFAULT_CONNECT_DEADLINE,
-            backoff: BackoffPolicy::default(),
-        };
+        let config = keeper_config(&args, &reg_config.id);
         tracing::info!(
-            min_peers = args.min_peers,
-            max_peers,
-            strict_peers = args.strict_peers,
+            min_peers = config.params.min_peers,
+            max_peers = config.params.max_peers,
+            strict_peers = config.params.strict_peers,
             "peer keeper starting"
         );
         spawn_keeper(
@@ -209,17 +167,7 @@ pub async fn run(args: RunArgs) -> Result<i32, RunError> {
         );
     }
     let agent = Agent {
-        params: LifecycleParams {
-            readiness: ReadinessParams {
-                min_peers: args.min_peers,
-                max_lag: args.max_lag,
-                unready_after: args.unready_after,
-            },
-            poll: args.peer_poll,
-            drain_delay: args.drain_delay,
-            stop_signal: args.stop_signal,
-            stop_timeout: args.stop_timeout,
-        },
+        params: lifecycle_params(&args),
         sup,
         requests,
         daemon: child,
@@ -247,6 +195,126 @@ pub async fn run(args: RunArgs) -> Result<i32, RunError> {
     let result = agent.run().await;
     drop(membership);
     result
+}
+
+/// The record's endpoints, each passing the address policy (an explicit `--endpoint` host is
+/// checked like a resolved address).
+fn published_endpoints(
+    args: &RunArgs,
+    addrs: &Addresses,
+    policy: AddressPolicy,
+) -> Result<BTreeMap<EndpointName, Endpoint>, RunError> {
+    let built = endpoints::build(
+        &args.endpoints,
+        addrs.advertise_ip(),
+        addrs.private_ip(),
+        args.health_listen.port(),
+    )
+    .map_err(|e| RunError::Endpoint(e.to_string()))?;
+    for (name, ep) in &built {
+        policy
+            .check(ep)
+            .map_err(|e| RunError::Endpoint(format!("{name}: {e}")))?;
+    }
+    Ok(built)
+}
+
+/// What `/status` shows before anything has happened.
+fn initial_status(
+    id: &NodeId,
+    instance: &str,
+    addrs: &Addresses,
+    endpoints: &BTreeMap<EndpointName, Endpoint>,
+    etcd: &EtcdOptions,
+    adapter: AdapterKind,
+) -> AgentStatus {
+    let mut status = AgentStatus::new(id.to_string(), instance.to_owned());
+    let (advertise, private) = addrs.status();
+    status.advertise = Some(advertise);
+    status.private = Some(private);
+    status.endpoints = endpoints
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    status.etcd_endpoints = etcd.endpoints.clone();
+    // The user name only: credentials never reach /status.
+    status.etcd_user = etcd.auth.as_ref().map(|c| c.user.clone());
+    status.adapter = adapter.as_str().to_owned();
+    status
+}
+
+fn spawn_health_server(
+    listener: tokio::net::TcpListener,
+    status: watch::Receiver<AgentStatus>,
+    metrics: Arc<Metrics>,
+    liveness: LivenessParams,
+) {
+    tokio::spawn(async move {
+        if let Err(e) = server::serve(listener, status, metrics, liveness).await {
+            tracing::error!(error = %e, "health server stopped");
+        }
+    });
+}
+
+/// How "the daemon answers" is decided: the adapter's probe, else a TCP connect to the p2p
+/// port on the private address, else (no p2p endpoint) a running process.
+fn daemon_probe(
+    adapter: &Arc<dyn NodeAdapter>,
+    endpoints: &BTreeMap<EndpointName, Endpoint>,
+    private_ip: IpAddr,
+) -> DaemonProbe {
+    match (adapter.kind(), endpoints.get(&EndpointName::p2p())) {
+        (AdapterKind::None, Some(p2p)) => DaemonProbe::Tcp(SocketAddr::new(private_ip, p2p.port())),
+        (AdapterKind::None, None) => DaemonProbe::Running,
+        _ => DaemonProbe::Adapter(Arc::clone(adapter)),
+    }
+}
+
+/// The registration's fixed configuration and its first record content.
+fn registration_setup(
+    args: &RunArgs,
+    keyspace: Keyspace,
+    id: NodeId,
+    instance: String,
+    endpoints: BTreeMap<EndpointName, Endpoint>,
+) -> (RegistrationConfig, NodeInfo) {
+    let mut config = RegistrationConfig::new(keyspace, id).with_ttl(args.lease_ttl);
+    if let Some(t) = args.claim_timeout {
+        config.claim_timeout = t;
+    }
+    config.instance = instance;
+    config.version = format!("peerkeep-agent {}", env!("CARGO_PKG_VERSION"));
+    let mut info = NodeInfo::new(endpoints);
+    info.labels = args.labels.iter().cloned().collect();
+    (config, info)
+}
+
+fn keeper_config(args: &RunArgs, id: &NodeId) -> KeeperConfig {
+    KeeperConfig {
+        params: PlanParams {
+            own_id: id.clone(),
+            min_peers: args.min_peers,
+            max_peers: args.max_peers.unwrap_or(args.min_peers * 2),
+            strict_peers: args.strict_peers,
+        },
+        poll: args.peer_poll,
+        connect_deadline: DEFAULT_CONNECT_DEADLINE,
+        backoff: BackoffPolicy::default(),
+    }
+}
+
+fn lifecycle_params(args: &RunArgs) -> LifecycleParams {
+    LifecycleParams {
+        readiness: ReadinessParams {
+            min_peers: args.min_peers,
+            max_lag: args.max_lag,
+            unready_after: args.unready_after,
+        },
+        poll: args.peer_poll,
+        drain_delay: args.drain_delay,
+        stop_signal: args.stop_signal,
+        stop_timeout: args.stop_timeout,
+    }
 }
 
 /// Runs the peer keeper beside the lifecycle loop until the node leaves the running phase: a
