@@ -80,8 +80,9 @@ pub struct RunArgs {
     /// How long a reload may take to show a new worker.
     #[arg(long, env = "PEERKEEP_RELOAD_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub reload_timeout: Duration,
-    /// Grace period for HAProxy's soft stop on TERM before it is killed.
-    #[arg(long, env = "PEERKEEP_STOP_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    /// Grace period for HAProxy's soft stop on TERM before it is killed; keep it below the
+    /// orchestrator's grace period (compose `stop_grace_period`, 10 s in the demo).
+    #[arg(long, env = "PEERKEEP_STOP_TIMEOUT", default_value = "8s", value_parser = humantime::parse_duration)]
     pub stop_timeout: Duration,
 }
 

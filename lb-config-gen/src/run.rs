@@ -101,6 +101,8 @@ pub async fn run(opts: RunOptions, etcd: Etcd) -> Result<i32, LbError> {
                 info!("stopping haproxy (soft stop)");
                 let out = sup.stop(&haproxy, Signal::SIGUSR1, opts.stop_timeout, requests.at_least(2)).await;
                 info!(status = ?out.status, killed = out.killed, "haproxy stopped");
+                // As PID 1, nothing may outlive us (old workers past their soft stop).
+                sup.sweep(Duration::from_secs(2)).await;
                 return Ok(0);
             }
             _ = hup.recv() => {

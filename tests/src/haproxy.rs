@@ -201,6 +201,24 @@ impl Lb {
         }
     }
 
+    /// HAProxy's master pid, once [`Lb::wait_ready`] has seen it.
+    pub fn master_pid(&self) -> Option<u32> {
+        self.master_pid.get().copied()
+    }
+
+    /// Waits up to `limit` for the generator to exit on its own; its status.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let end = std::time::Instant::now() + limit;
+        while std::time::Instant::now() < end {
+            if let Some(Ok(Some(st))) = self.child.as_mut().map(Child::try_wait) {
+                self.child = None;
+                return Some(st);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
     /// Sends SIGTERM and waits for the exit status.
     pub fn terminate(&mut self) -> Option<std::process::ExitStatus> {
         let status = self

@@ -913,3 +913,33 @@ fn lb_failed_reload_restores_the_running_file_on_disk() {
     );
     drop(taken);
 }
+
+fn alive(pid: u32) -> bool {
+    // Signal 0 only checks existence; a zombie not yet reaped still counts as gone for us.
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    !stat.is_empty() && !stat.contains(") Z ")
+}
+
+#[test]
+fn lb_term_stops_haproxy_and_exits_0_and_haproxy_death_ends_the_generator() {
+    let etcd = Etcd::start();
+    let mut lb = Lb::start(&etcd, &services(free_port(), 2), &[]);
+    let master = lb.master_pid().expect("master pid");
+    assert!(alive(master));
+    let status = lb.terminate().expect("exit status");
+    assert_eq!(status.code(), Some(0), "{}", lb.log_tail());
+    assert!(!alive(master), "haproxy stopped with the generator");
+    assert!(lb.log().contains("haproxy stopped"));
+
+    let mut lb = Lb::start(&etcd, &services(free_port(), 2), &[]);
+    let master = lb.master_pid().expect("master pid");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(master).expect("pid")),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill haproxy");
+    let status = lb
+        .wait_exit(Duration::from_secs(10))
+        .expect("generator exits");
+    assert_eq!(status.code(), Some(137), "128 + SIGKILL: {}", lb.log_tail());
+}
