@@ -46,31 +46,31 @@ pub struct Args {
     #[arg(long)]
     pub id: NodeId,
     /// Address to accept peer connections on.
-    #[arg(long)]
+    #[arg(long, value_name = "ADDR")]
     pub p2p_listen: SocketAddr,
     /// Address peers must dial (default: --p2p-listen, which then must be a concrete address).
-    #[arg(long)]
+    #[arg(long, value_name = "ADDR")]
     pub advertise: Option<SocketAddr>,
     /// Address of the HTTP API.
-    #[arg(long)]
+    #[arg(long, value_name = "ADDR")]
     pub api_listen: SocketAddr,
     /// File holding the bearer token for /node/connect and /node/disconnect.
-    #[arg(long)]
+    #[arg(long, value_name = "PATH")]
     pub api_token_file: PathBuf,
     /// Make a block this often (this node is a producer); without it the node only follows.
-    #[arg(long, value_parser = humantime::parse_duration)]
+    #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub produce_every: Option<Duration>,
     /// Most live peer links (inbound and outbound together).
-    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..))]
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..), value_name = "N")]
     pub max_peers: u16,
     /// /node/connect answers at once and dials in the background (like nodeos and geth).
     #[arg(long)]
     pub async_connect: bool,
     /// Keep a closed link's entry in /ledger for this long (like Wavelet's routing table).
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "0s")]
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "0s", value_name = "DURATION")]
     pub stale_peers: Duration,
     /// Fraction of /node/connect calls that fail without dialing (0.0 to 1.0).
-    #[arg(long, default_value_t = 0.0, value_parser = parse_rate)]
+    #[arg(long, default_value_t = 0.0, value_parser = parse_rate, value_name = "FRACTION")]
     pub connect_failure_rate: f64,
     /// Never advance the head (neither produce nor follow), while still claiming to be synced.
     #[arg(long)]
