@@ -159,6 +159,16 @@ impl FleetNode {
         st
     }
 
+    /// PID of the agent process, until it is killed or stopped.
+    pub fn agent_pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// The bearer token of the devnode's `/node/connect` and `/node/disconnect`.
+    pub fn api_token(&self) -> Option<String> {
+        std::fs::read_to_string(self.dir.path().join("token")).ok()
+    }
+
     /// Whether the agent process is still running.
     pub fn running(&mut self) -> bool {
         self.child
