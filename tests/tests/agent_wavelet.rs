@@ -132,3 +132,24 @@ fn two_nodes_are_ready_once_peered_min_k_other_live() {
         assert_eq!(s["view"]["other_live"], 1, "{s}");
     }
 }
+
+#[test]
+fn the_daemons_own_identity_is_published_as_a_record_label() {
+    use peerkeep_tests::fakes::geth::FakeGeth;
+    let etcd = Etcd::start();
+    let enode = "ab".repeat(64);
+    let geth = FakeGeth::start(&enode);
+    let daemon = sh("exec sleep 600");
+    let url = geth.server.url();
+    let mut agent = AgentProc::start(
+        &etcd.endpoint(),
+        "g-ident",
+        &["--adapter", "geth", "--node-api", &url],
+        &strs(&daemon),
+    );
+    let rec = eventually(DEADLINE, "registered", || {
+        agent_support::record(&etcd, "g-ident")
+    });
+    assert_eq!(rec["labels"]["identity"], enode.as_str(), "{rec}");
+    assert!(agent.running());
+}

@@ -69,6 +69,9 @@ const REGISTRATION_STATES: [&str; 6] = [
     "revoked",
 ];
 
+/// The record label carrying the daemon's own identity (one of the keeper's identity labels).
+const IDENTITY_LABEL: &str = "identity";
+
 /// The record states, for the one-hot metric.
 const NODE_STATES: [&str; 3] = ["starting", "ready", "draining"];
 
@@ -260,12 +263,13 @@ impl Agent {
             );
         }
         if self.registration.is_none() && self.last_answer.is_some() {
-            self.start_registration()?;
+            self.start_registration().await?;
         }
         Ok(())
     }
 
-    fn start_registration(&mut self) -> Result<(), RunError> {
+    async fn start_registration(&mut self) -> Result<(), RunError> {
+        self.publish_identity().await;
         let mut info = self.reg_info.clone();
         info.state = self.desired_state();
         let reg = Registration::spawn(self.etcd.clone(), self.reg_config.clone(), info.clone())
@@ -274,6 +278,31 @@ impl Agent {
         self.published_state = Some(info.state);
         self.registration = Some(reg);
         Ok(())
+    }
+
+    /// Puts the daemon's own identity (geth's enode id) in the record's `identity` label, so
+    /// peers whose daemons list it by identity can map it to this record. An explicit
+    /// `--label identity=…` wins; a daemon that cannot tell is registered without it.
+    async fn publish_identity(&mut self) {
+        let DaemonProbe::Adapter(adapter) = &self.probe else {
+            return;
+        };
+        if self.reg_info.labels.contains_key(IDENTITY_LABEL) {
+            return;
+        }
+        match tokio::time::timeout(daemon::PROBE_TIMEOUT, adapter.own_identity()).await {
+            Ok(Ok(Some(identity))) => {
+                tracing::info!(%identity, "daemon identity published in the record");
+                self.reg_info
+                    .labels
+                    .insert(IDENTITY_LABEL.to_owned(), identity);
+            }
+            Ok(Ok(None)) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "daemon identity unavailable; registering without it")
+            }
+            Err(_) => tracing::warn!("daemon identity not given in time; registering without it"),
+        }
     }
 
     fn apply_view(&mut self) {
@@ -411,5 +440,15 @@ impl Agent {
             s.daemon.reachable = false;
             s.daemon.exit = Some(status.to_string());
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn published_identity_label_is_one_the_peer_keeper_reads() {
+        assert!(crate::keeper::plan::IDENTITY_LABELS.contains(&IDENTITY_LABEL));
     }
 }
