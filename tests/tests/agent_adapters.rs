@@ -1,5 +1,6 @@
-//! The agent with a real node adapter: `devnode` speaking Wavelet's API, `--adapter wavelet`.
-//! Readiness follows the daemon's sync state and peer count as DESIGN.md defines them.
+//! The agent with real node adapters: `devnode` speaking Wavelet's API (`--adapter wavelet`),
+//! and a fake geth for the identity label. Readiness follows the daemon's sync state and peer
+//! count as DESIGN.md defines them.
 //! Build first: `cargo build -p peerkeep-agent -p peerkeep-tests --bins`.
 
 mod agent_support;
