@@ -191,3 +191,56 @@ async fn check_cmd(args: CommonArgs) -> Result<i32, LbError> {
     );
     Ok(0)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use clap::{CommandFactory, FromArgMatches};
+
+    use super::*;
+
+    fn merged(args: &[&str], file: &str) -> EtcdArgs {
+        let argv = ["lb-config-gen", "render", "--config", "x.toml"];
+        let matches = Cli::command()
+            .try_get_matches_from(argv.iter().chain(args))
+            .expect("valid flags");
+        let cli = Cli::from_arg_matches(&matches).expect("parsed");
+        let Cmd::Render(mut common) = cli.command else {
+            panic!("render expected");
+        };
+        let text = format!(
+            "{file}\n[[services]]\nname = \"s\"\nbind = \"127.0.0.1:1\"\nendpoint = \"api\"\n"
+        );
+        let config = Config::parse(Path::new("x.toml"), &text).expect("valid config");
+        merge_etcd(
+            &mut common.etcd,
+            &config,
+            matches.subcommand().map(|(_, m)| m),
+        );
+        common.etcd
+    }
+
+    #[test]
+    fn flags_win_over_the_file_and_the_file_over_defaults() {
+        let file = "[etcd]\nendpoints = [\"http://file:2379\"]\ncluster = \"from-file\"\nallow_loopback = true";
+        let e = merged(&[], file);
+        assert_eq!(e.etcd_endpoints, ["http://file:2379"]);
+        assert_eq!(e.cluster.as_str(), "from-file");
+        assert!(e.allow_loopback);
+        let e = merged(
+            &[
+                "--cluster",
+                "from-flag",
+                "--etcd-endpoints",
+                "http://flag:1",
+            ],
+            file,
+        );
+        assert_eq!(e.cluster.as_str(), "from-flag");
+        assert_eq!(e.etcd_endpoints, ["http://flag:1"]);
+        let e = merged(&[], "");
+        assert_eq!(e.cluster.as_str(), "default");
+        assert_eq!(e.prefix, "/peerkeep/v1");
+    }
+}
