@@ -943,3 +943,37 @@ fn lb_term_stops_haproxy_and_exits_0_and_haproxy_death_ends_the_generator() {
         .expect("generator exits");
     assert_eq!(status.code(), Some(137), "128 + SIGKILL: {}", lb.log_tail());
 }
+
+#[test]
+fn lb_tcp_service_with_tcp_checks_serves_joiners_without_reload() {
+    let etcd = Etcd::start();
+    let port = free_port();
+    let frontend = SocketAddr::from(([127, 0, 0, 1], port));
+    let toml = format!(
+        "[[services]]\nname = \"raw\"\nbind = \"127.0.0.1:{port}\"\nmode = \"tcp\"\n\
+         balance = \"leastconn\"\nendpoint = \"api\"\ncapacity = 4\ncheck = {{ type = \"tcp\" }}\n"
+    );
+    let a = HttpBackend::start("a");
+    etcd.put(
+        &format!("{NODES}a"),
+        &record_json("a", 1, "ready", a.api(), a.health()),
+    );
+    let lb = Lb::start(&etcd, &toml, &[]);
+    wait_served(frontend, &["a"]);
+    let reloads = lb.reloads();
+    let b = HttpBackend::start("b");
+    etcd.put(
+        &format!("{NODES}b"),
+        &record_json("b", 2, "ready", b.api(), b.health()),
+    );
+    wait_served(frontend, &["a", "b"]);
+    assert_eq!(
+        lb.reloads(),
+        reloads,
+        "a joiner within capacity is a runtime change"
+    );
+    assert!(
+        lb.config_text()
+            .contains("backend raw\n    mode tcp\n    balance leastconn")
+    );
+}
