@@ -154,3 +154,43 @@ fn the_daemons_own_identity_is_published_as_a_record_label() {
     assert_eq!(rec["labels"]["identity"], enode.as_str(), "{rec}");
     assert!(agent.running());
 }
+
+#[test]
+fn a_hung_daemon_leaves_ready_after_repeated_failed_probes_and_comes_back() {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    let etcd = Etcd::start();
+    let n = node(
+        &etcd,
+        "w-hung",
+        &["--node-api-timeout", "300ms"],
+        "--produce-every 200ms",
+    );
+    eventually(DEADLINE, "ready", || state_is(&etcd, "w-hung", "ready"));
+    let pid = Pid::from_raw(n.agent.daemon_pid().expect("daemon pid"));
+
+    kill(pid, Signal::SIGSTOP).expect("SIGSTOP devnode");
+    let stopped = std::time::Instant::now();
+    eventually(DEADLINE, "/status shows the failed probe", || {
+        n.agent
+            .status()
+            .filter(|s| s["daemon"]["reachable"] == false)
+            .map(|_| ())
+    });
+    eventually(DEADLINE, "out of ready", || {
+        state_is(&etcd, "w-hung", "starting")
+    });
+    let _ = kill(pid, Signal::SIGCONT);
+    assert!(
+        stopped.elapsed() >= std::time::Duration::from_secs(2),
+        "left ready on the first failed probe"
+    );
+    assert_eq!(
+        n.agent.health_cmd("live").0,
+        0,
+        "a short hang must not fail liveness"
+    );
+    eventually(DEADLINE, "ready again", || {
+        state_is(&etcd, "w-hung", "ready")
+    });
+}

@@ -46,6 +46,10 @@ pub use setup::{RunError, run};
 /// first answer closely, whatever `--peer-poll` is.
 const FIRST_ANSWER_POLL: Duration = Duration::from_millis(100);
 
+/// Consecutive failed probes after which a daemon that answered before counts as unreachable
+/// for readiness (`/status` shows every failure at once).
+const UNREACHABLE_AFTER_FAILURES: u32 = 3;
+
 /// How often "daemon not answering yet" is repeated while waiting for the first answer.
 const WAITING_LOG_EVERY: Duration = Duration::from_secs(10);
 
@@ -108,6 +112,8 @@ struct Agent {
     readiness: Readiness,
     observation: Observation,
     last_answer: Option<Instant>,
+    /// Probes failed in a row since the last answer.
+    failed_probes: u32,
     /// When "daemon not answering yet" was last logged (start time initially, so the first
     /// message comes after one interval rather than on the very first probe).
     waiting_logged: Instant,
@@ -216,7 +222,7 @@ impl Agent {
         let now = Instant::now();
         let result = self.probe.check().await;
         let reachable = result.is_ok();
-        let changed = reachable != self.observation.reachable;
+        let changed = reachable != self.status.borrow().daemon.reachable;
         let first_answer = self.last_answer.is_none() && reachable;
         let still_waiting = self.last_answer.is_none()
             && now.saturating_duration_since(self.waiting_logged) >= WAITING_LOG_EVERY;
@@ -232,6 +238,7 @@ impl Agent {
         match result {
             Ok(report) => {
                 self.last_answer = Some(now);
+                self.failed_probes = 0;
                 self.observation.reachable = true;
                 self.observation.synced = report.synced;
                 self.observation.lag = report.lag;
@@ -243,7 +250,10 @@ impl Agent {
                 });
             }
             Err(e) => {
-                self.observation.reachable = false;
+                // One slow answer must not pull a serving node out of the load balancer.
+                self.failed_probes = self.failed_probes.saturating_add(1);
+                self.observation.reachable =
+                    self.last_answer.is_some() && self.failed_probes < UNREACHABLE_AFTER_FAILURES;
                 self.status.send_modify(|s| {
                     s.daemon.reachable = false;
                     s.daemon.probe_error = Some(e);

@@ -189,6 +189,7 @@ pub async fn run(args: RunArgs) -> Result<i32, RunError> {
             other_live: 0,
         },
         last_answer: None,
+        failed_probes: 0,
         waiting_logged: std::time::Instant::now(),
         published_state: None,
     };
