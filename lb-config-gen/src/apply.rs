@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use peerkeep_registry::{MembershipSnapshot, Slot};
+use peerkeep_registry::{MembershipSnapshot, NodeId, Slot};
 use peerkeep_supervise::Supervisor;
 use tokio::time::Instant;
 use tracing::{error, info, warn};
@@ -65,6 +65,7 @@ pub struct Applier {
     last_reload: Instant,
     limits: Limits,
     shared: Arc<Shared>,
+    builder: ModelBuilder,
 }
 
 impl Applier {
@@ -76,6 +77,7 @@ impl Applier {
         running: Model,
         limits: Limits,
         shared: Arc<Shared>,
+        builder: ModelBuilder,
     ) -> Self {
         let master = MasterCli::new(config.haproxy.master_socket.as_path().to_owned());
         let runtime = RuntimeApi::new(config.haproxy.stats_socket.as_path().to_owned());
@@ -89,6 +91,7 @@ impl Applier {
             last_reload: Instant::now(),
             limits,
             shared,
+            builder,
         };
         me.record_servers(&me.running);
         me
@@ -115,8 +118,9 @@ impl Applier {
     }
 
     /// Builds the desired model for `snap`, logging and counting skipped nodes.
-    pub fn desired(&self, snap: &MembershipSnapshot) -> Model {
-        build_recorded(&self.shared, &self.config, snap, &self.running.capacities())
+    pub fn desired(&mut self, snap: &MembershipSnapshot) -> Model {
+        let capacities = self.running.capacities();
+        self.builder.build(&self.config, snap, &capacities)
     }
 
     /// Brings HAProxy to `desired`.
@@ -259,40 +263,56 @@ impl Applier {
     }
 }
 
-/// Builds the model for `snap` with `capacities` in use, timing it and counting skipped nodes.
-pub fn build_recorded(
-    shared: &Shared,
-    config: &Config,
-    snap: &MembershipSnapshot,
-    capacities: &BTreeMap<ServiceName, u32>,
-) -> Model {
-    let started = std::time::Instant::now();
-    let (model, skipped) = build(config, snap, capacities);
-    shared
-        .metrics
-        .render_seconds
-        .observe(started.elapsed().as_secs_f64());
-    let mut per_backend: BTreeMap<&ServiceName, i64> = BTreeMap::new();
-    for (service, node, reason) in &skipped.entries {
-        *per_backend.entry(service).or_default() += 1;
-        let reason = match reason {
-            SkipReason::NoEndpoint => "no endpoint of the service's name",
-            SkipReason::NoHealthEndpoint => "no health endpoint for the check",
-            SkipReason::SlotTaken => "its slot is held by a lower node id",
-        };
-        tracing::debug!(service = %service, node_id = %node, reason, "ready node skipped");
+/// Builds models, timing each build and reporting skipped nodes: counted per backend on every
+/// build, logged once when a node starts being skipped (not on every revision).
+pub struct ModelBuilder {
+    shared: Arc<Shared>,
+    reported: BTreeSet<(ServiceName, NodeId, SkipReason)>,
+}
+
+impl ModelBuilder {
+    /// A builder that records into `shared`.
+    pub fn new(shared: Arc<Shared>) -> Self {
+        Self {
+            shared,
+            reported: BTreeSet::new(),
+        }
     }
-    for b in &model.backends {
-        let n = per_backend.get(&b.service.name).copied().unwrap_or(0);
-        shared
-            .metrics
-            .skipped_nodes
-            .get_or_create(&BackendLabel {
-                backend: b.service.name.to_string(),
-            })
-            .set(n);
+
+    /// Builds the model for `snap` with `capacities` in use.
+    pub fn build(
+        &mut self,
+        config: &Config,
+        snap: &MembershipSnapshot,
+        capacities: &BTreeMap<ServiceName, u32>,
+    ) -> Model {
+        let started = std::time::Instant::now();
+        let (model, skipped) = build(config, snap, capacities);
+        let metrics = &self.shared.metrics;
+        metrics
+            .render_seconds
+            .observe(started.elapsed().as_secs_f64());
+        let now: BTreeSet<_> = skipped.entries.into_iter().collect();
+        for (service, node, reason) in now.difference(&self.reported) {
+            let reason = match reason {
+                SkipReason::NoEndpoint => "it has no endpoint of the service's name",
+                SkipReason::NoHealthEndpoint => "it has no health endpoint for the check",
+                SkipReason::SlotTaken => "its slot is held by a lower node id",
+            };
+            warn!(service = %service, node_id = %node, reason, "ready node not served");
+        }
+        for b in &model.backends {
+            let n = now.iter().filter(|(s, _, _)| s == &b.service.name).count();
+            metrics
+                .skipped_nodes
+                .get_or_create(&BackendLabel {
+                    backend: b.service.name.to_string(),
+                })
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+        self.reported = now;
+        model
     }
-    model
 }
 
 /// Longest a joiner's pre-check may take; it delays the whole batch.

@@ -20,7 +20,7 @@ use tokio::sync::watch;
 use tokio::time::{Instant, sleep_until};
 use tracing::{error, info, warn};
 
-use crate::apply::{Applier, Limits, Outcome, build_recorded};
+use crate::apply::{Applier, Limits, ModelBuilder, Outcome};
 use crate::config::Config;
 use crate::debounce::Debounce;
 use crate::diff::emptied_backends;
@@ -158,7 +158,8 @@ async fn start(
 ) -> Result<(ChildHandle, Applier), LbError> {
     let config = opts.config.clone();
     let bin = opts.bin(&config);
-    let model = build_recorded(&shared, &config, snap, &Default::default());
+    let mut builder = ModelBuilder::new(Arc::clone(&shared));
+    let model = builder.build(&config, snap, &Default::default());
     let cfg = render(&model);
     let h = &config.haproxy;
     files::install_config(sup, &bin, h.config.as_path(), cfg.as_bytes()).await?;
@@ -176,6 +177,7 @@ async fn start(
         model,
         opts.limits,
         Arc::clone(&shared),
+        builder,
     );
     tokio::select! {
         ready = applier.master().wait_ready(START_TIMEOUT) => {
