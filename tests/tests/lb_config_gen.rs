@@ -42,32 +42,50 @@ struct Node {
 }
 
 fn register(rt: &Runtime, etcd: &Etcd, backend: HttpBackend) -> Node {
-    let reg = rt.block_on(async {
+    let mut nodes = register_all(rt, etcd, vec![backend]);
+    nodes.pop().expect("one node")
+}
+
+/// Registers all backends at once (their puts land within milliseconds of each other).
+fn register_all(rt: &Runtime, etcd: &Etcd, backends: Vec<HttpBackend>) -> Vec<Node> {
+    let regs = rt.block_on(async {
         let client = connect(&EtcdOptions::new([etcd.endpoint()]))
             .await
             .expect("connect");
         let ks = Keyspace::new("/peerkeep/v1", ClusterName::default()).expect("keyspace");
-        let cfg = RegistrationConfig::new(ks, backend.name().parse().expect("id")).with_ttl(TTL);
-        let endpoints: BTreeMap<EndpointName, _> =
-            [("api", backend.api()), ("health", backend.health())]
-                .into_iter()
-                .map(|(n, a)| {
-                    (
-                        n.parse().expect("name"),
-                        a.to_string().parse().expect("endpoint"),
-                    )
-                })
-                .collect();
-        let mut info = NodeInfo::new(endpoints);
-        info.state = NodeState::Ready;
-        let reg = Registration::spawn(client, cfg, info).expect("spawn registration");
-        reg.registered().await.expect("registered");
-        reg
+        let regs: Vec<Registration> = backends
+            .iter()
+            .map(|backend| {
+                let cfg = RegistrationConfig::new(ks.clone(), backend.name().parse().expect("id"))
+                    .with_ttl(TTL);
+                let endpoints: BTreeMap<EndpointName, _> =
+                    [("api", backend.api()), ("health", backend.health())]
+                        .into_iter()
+                        .map(|(n, a)| {
+                            (
+                                n.parse().expect("name"),
+                                a.to_string().parse().expect("endpoint"),
+                            )
+                        })
+                        .collect();
+                let mut info = NodeInfo::new(endpoints);
+                info.state = NodeState::Ready;
+                Registration::spawn(client.clone(), cfg, info).expect("spawn registration")
+            })
+            .collect();
+        for reg in &regs {
+            reg.registered().await.expect("registered");
+        }
+        regs
     });
-    Node {
-        backend,
-        reg: Some(reg),
-    }
+    backends
+        .into_iter()
+        .zip(regs)
+        .map(|(backend, reg)| Node {
+            backend,
+            reg: Some(reg),
+        })
+        .collect()
 }
 
 /// Bounded load: `workers` keep-alive clients GET through HAProxy until stopped.
@@ -347,9 +365,13 @@ fn heavy_lb_membership_churn_under_load_has_zero_failed_gets_and_no_reload() {
     let rt = runtime();
     let port = free_port();
     let frontend = SocketAddr::from(([127, 0, 0, 1], port));
-    let mut nodes: Vec<Node> = (0..6)
-        .map(|i| register(&rt, &etcd, HttpBackend::start(&format!("n{i}"))))
-        .collect();
+    let mut nodes = register_all(
+        &rt,
+        &etcd,
+        (0..6)
+            .map(|i| HttpBackend::start(&format!("n{i}")))
+            .collect(),
+    );
     let lb = Lb::start(&etcd, &services(port, 16), &[]);
     let names: Vec<String> = (0..6).map(|i| format!("n{i}")).collect();
     wait_served(
@@ -562,7 +584,7 @@ fn heavy_lb_capacity_growth_reloads_once_and_serves_all_without_failures() {
         register(&rt, &etcd, HttpBackend::start("g0")),
         register(&rt, &etcd, HttpBackend::start("g1")),
     ];
-    // A wide debounce window so the three joiners land in one apply.
+    // A debounce window wide enough that the three joiners land in one apply.
     let lb = Lb::start(
         &etcd,
         &services(port, 2),
@@ -571,9 +593,10 @@ fn heavy_lb_capacity_growth_reloads_once_and_serves_all_without_failures() {
     wait_served(frontend, &["g0", "g1"]);
     let reloads = lb.reloads();
     let load = Load::start(&rt, frontend, 4);
-    for i in 2..5 {
-        nodes.push(register(&rt, &etcd, HttpBackend::start(&format!("g{i}"))));
-    }
+    let joiners = (2..5)
+        .map(|i| HttpBackend::start(&format!("g{i}")))
+        .collect();
+    nodes.extend(register_all(&rt, &etcd, joiners));
     wait_served(frontend, &["g0", "g1", "g2", "g3", "g4"]);
     let (ok, failed, errors) = load.finish(&rt);
     assert_eq!(failed, 0, "{ok} ok, failures: {errors:?}");
