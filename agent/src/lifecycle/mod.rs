@@ -219,8 +219,14 @@ impl Agent {
     /// Asks the daemon, applies the readiness rule, and starts the registration on the first
     /// answer.
     async fn probe_round(&mut self) -> Result<(), RunError> {
+        // A slow probe must not delay a shutdown or a daemon exit: both are level-triggered,
+        // so the loop's next select sees them at once.
+        let result = tokio::select! {
+            r = self.probe.check() => r,
+            _ = self.requests.at_least(1) => return Ok(()),
+            _ = self.daemon.wait() => return Ok(()),
+        };
         let now = Instant::now();
-        let result = self.probe.check().await;
         let reachable = result.is_ok();
         let changed = reachable != self.status.borrow().daemon.reachable;
         let first_answer = self.last_answer.is_none() && reachable;
