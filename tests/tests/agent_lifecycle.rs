@@ -341,3 +341,28 @@ fn every_setting_can_come_from_the_environment() {
         "not JSON logs"
     );
 }
+
+#[test]
+fn sigint_starts_the_same_shutdown_as_sigterm() {
+    let etcd = Etcd::start();
+    let daemon = sh("exec sleep 600");
+    let mut agent = AgentProc::start(
+        &etcd.endpoint(),
+        "n-int",
+        &["--drain-delay", "1s"],
+        &strs(&daemon),
+    );
+    registered(&etcd, &agent);
+    agent.signal(Signal::SIGINT);
+    eventually(DEADLINE, "record says draining", || {
+        (record_state(&etcd, "n-int").as_deref() == Some("draining")).then_some(())
+    });
+    // The daemon gets the stop signal (TERM), not the INT the agent received.
+    assert_eq!(
+        agent.wait_exit(DEADLINE).code(),
+        Some(143),
+        "log:\n{}",
+        agent.log()
+    );
+    assert!(record(&etcd, "n-int").is_none());
+}
