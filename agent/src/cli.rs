@@ -19,8 +19,8 @@ use crate::resolve::AddrSource;
 /// The node container's entrypoint: supervises the node daemon as PID 1, registers it in etcd,
 /// keeps it peered, serves health checks, and drains and stops it cleanly on SIGTERM.
 ///
-/// Exit codes: 0 success; 1 runtime error; 2 usage error; 4 node id taken by another live
-/// instance; 126/127 daemon not executable / not found; otherwise the daemon's own code or
+/// Exit codes: 0 success; 1 runtime error; 2 usage error; 3 node adapter configuration
+/// invalid; 4 node id taken by another live instance; 126/127 daemon not executable / not found; otherwise the daemon's own code or
 /// 128+signal.
 #[derive(Debug, Parser)]
 #[command(name = "peerkeep-agent", version)]
