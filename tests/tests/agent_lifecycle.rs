@@ -366,3 +366,28 @@ fn sigint_starts_the_same_shutdown_as_sigterm() {
     );
     assert!(record(&etcd, "n-int").is_none());
 }
+
+#[test]
+fn unusable_flag_values_exit_2_before_the_daemon_starts() {
+    let etcd = Etcd::start();
+    for (flag, value) in [
+        ("--peer-poll", "0s"),
+        ("--lease-ttl", "500ms"),
+        ("--max-peers", "1"),
+        ("--endpoint", "health=:1"),
+    ] {
+        let daemon = sh("touch started; exec sleep 600");
+        let mut agent = AgentProc::start(&etcd.endpoint(), "n-bad", &[flag, value], &strs(&daemon));
+        let status = agent.wait_exit(DEADLINE);
+        assert_eq!(status.code(), Some(2), "{flag} {value}: {}", agent.log());
+        assert!(
+            agent.log().contains(flag),
+            "{flag} not named: {}",
+            agent.log()
+        );
+        assert!(
+            !agent.path("started").exists(),
+            "{flag}: daemon started anyway"
+        );
+    }
+}

@@ -5,7 +5,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use peerkeep_registry::registration::{NodeInfo, RegistrationConfig, new_instance_token};
+use peerkeep_registry::registration::{MIN_TTL, NodeInfo, RegistrationConfig, new_instance_token};
 use peerkeep_registry::{
     AddressPolicy, Endpoint, EndpointName, EtcdOptions, Keyspace, Membership, NodeId, RegistryError,
 };
@@ -44,6 +44,14 @@ pub enum RunError {
     /// An `--endpoint` is unusable.
     #[error("--endpoint: {0}")]
     Endpoint(String),
+    /// A flag value that parses but cannot work (exit 2).
+    #[error("{flag}: {reason}")]
+    Flag {
+        /// The flag.
+        flag: &'static str,
+        /// What is wrong and what would work.
+        reason: String,
+    },
     /// Nothing to run after `--` (clap requires it; only a caller bug gets here).
     #[error("no daemon given after --")]
     NoDaemon,
@@ -67,7 +75,7 @@ impl RunError {
         match self {
             Self::Spawn(e) => e.exit_code(),
             Self::Registry(e) => i32::from(e.exit_code()),
-            Self::Endpoint(_) | Self::NoDaemon => 2,
+            Self::Endpoint(_) | Self::NoDaemon | Self::Flag { .. } => 2,
             Self::Adapter(_) => 3,
             _ => 1,
         }
@@ -78,6 +86,31 @@ impl From<EndpointSpecError> for RunError {
     fn from(e: EndpointSpecError) -> Self {
         Self::Endpoint(e.to_string())
     }
+}
+
+/// Values clap accepts but the agent cannot use, refused before anything starts.
+fn check_flags(args: &RunArgs) -> Result<(), RunError> {
+    if args.lease_ttl < MIN_TTL {
+        return Err(RunError::Flag {
+            flag: "--lease-ttl",
+            reason: format!("{:?} is below the minimum of {MIN_TTL:?}", args.lease_ttl),
+        });
+    }
+    if args.peer_poll.is_zero() {
+        return Err(RunError::Flag {
+            flag: "--peer-poll",
+            reason: "must be above zero (e.g. 1s)".to_owned(),
+        });
+    }
+    if let Some(max) = args.max_peers
+        && max < args.min_peers
+    {
+        return Err(RunError::Flag {
+            flag: "--max-peers",
+            reason: format!("{max} is below --min-peers {}", args.min_peers),
+        });
+    }
+    Ok(())
 }
 
 fn node_id(flag: Option<NodeId>) -> Result<NodeId, RunError> {
@@ -97,6 +130,7 @@ pub async fn run(args: RunArgs) -> Result<i32, RunError> {
     let sup = Supervisor::new()?;
     let requests = sup.shutdown_requests();
 
+    check_flags(&args)?;
     let id = node_id(args.node_id.clone())?;
     let policy = args.etcd.policy();
     let keyspace = args.etcd.keyspace()?;
