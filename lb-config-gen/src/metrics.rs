@@ -50,6 +50,8 @@ pub struct Metrics {
     pub skipped_nodes: Family<BackendLabel, Gauge>,
     /// Configuration files refused on SIGHUP.
     pub config_rejected: Counter,
+    /// Records in etcd the registry rejected (invalid, or refused by the address policy).
+    pub invalid_records: Gauge,
 }
 
 impl Metrics {
@@ -67,6 +69,7 @@ impl Metrics {
         let servers = Family::<BackendLabel, Gauge>::default();
         let skipped_nodes = Family::<BackendLabel, Gauge>::default();
         let config_rejected = Counter::default();
+        let invalid_records = Gauge::default();
         registry.register(
             "applies",
             "Changes applied to HAProxy, by path",
@@ -112,6 +115,11 @@ impl Metrics {
             "Configuration files refused on SIGHUP",
             config_rejected.clone(),
         );
+        registry.register(
+            "registry_invalid_records",
+            "Records in etcd that were rejected (invalid or refused by the address policy)",
+            invalid_records.clone(),
+        );
         // Both paths are always exported, so alerts on them work before the first event.
         for label in [RUNTIME, RELOAD] {
             let _ = applies.get_or_create(&label);
@@ -129,6 +137,7 @@ impl Metrics {
             servers,
             skipped_nodes,
             config_rejected,
+            invalid_records,
         }
     }
 

@@ -267,6 +267,8 @@ fn reload_config_file(opts: &RunOptions, applier: &mut Applier, shared: &Shared)
 fn record_view(shared: &Shared, snap: &MembershipSnapshot) {
     let m = &shared.metrics;
     m.view_revision.set(snap.revision);
+    m.invalid_records
+        .set(i64::try_from(snap.skipped.len()).unwrap_or(i64::MAX));
     let stale = snap.stale_for();
     m.view_stale_seconds
         .set(stale.map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX)));

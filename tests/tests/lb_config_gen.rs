@@ -357,6 +357,12 @@ fn lb_hostile_registry_content_never_reaches_the_config_and_good_nodes_are_serve
         metrics.contains("peerkeep_lb_skipped_nodes{backend=\"rpc\"} 1"),
         "{metrics}"
     );
+    let invalid: i64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("peerkeep_lb_registry_invalid_records "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("invalid record gauge missing:\n{metrics}"));
+    assert!(invalid >= 4_900, "{invalid} invalid records reported");
 }
 
 #[test]
