@@ -23,7 +23,7 @@ fn services(port: u16, capacity: u32) -> String {
     format!(
         "[[services]]\nname = \"rpc\"\nbind = \"127.0.0.1:{port}\"\nendpoint = \"api\"\n\
          capacity = {capacity}\ncheck = {{ type = \"health\", path = \"/readyz\", interval = \"500ms\" }}\n\
-         timeouts = {{ server = \"2s\", connect = \"500ms\" }}\n"
+         timeouts = {{ server = \"5s\", connect = \"500ms\" }}\n"
     )
 }
 
