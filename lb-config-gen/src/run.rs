@@ -163,6 +163,13 @@ async fn start(
     let cfg = render(&model);
     let h = &config.haproxy;
     files::install_config(sup, &bin, h.config.as_path(), cfg.as_bytes()).await?;
+    // A state file left by an earlier run describes servers that may since have changed (it
+    // would restore a slot's old maintenance state onto a new node): start from the file alone.
+    if let Err(e) = std::fs::remove_file(h.state_file.as_path())
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        warn!(error = %e, path = %h.state_file, "could not remove an old server-state file");
+    }
     let child = process::spawn(sup, &bin, h.config.as_path(), h.master_socket.as_path())
         .map_err(|e| LbError::Runtime(e.to_string()))?;
     info!(
