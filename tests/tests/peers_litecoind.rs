@@ -44,8 +44,8 @@ struct LtcNode {
 }
 
 impl LtcNode {
-    /// Picks ports and a datadir and starts the agent (which starts litecoind).
-    fn start(etcd: &str, id: &str) -> Self {
+    /// A node with its datadir and ports, not started yet.
+    fn new(etcd: &str, id: &str) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("peerkeep-test-ltc-")
             .tempdir()
@@ -54,13 +54,35 @@ impl LtcNode {
             id: id.to_owned(),
             etcd: etcd.to_owned(),
             dir,
-            p2p_port: free_port(),
-            rpc_port: free_port(),
-            health: SocketAddr::from(([127, 0, 0, 1], free_port())),
+            p2p_port: 0,
+            rpc_port: 0,
+            health: SocketAddr::from(([127, 0, 0, 1], 0)),
             agent: None,
         };
-        node.spawn_agent();
+        node.pick_ports();
         node
+    }
+
+    fn pick_ports(&mut self) {
+        self.p2p_port = free_port();
+        self.rpc_port = free_port();
+        self.health.set_port(free_port());
+    }
+
+    /// Waits until litecoind answers RPC with its current cookie; `Err` with the logs if the
+    /// agent exits first (litecoind exits when it cannot bind a port, taking the agent along).
+    fn wait_rpc(&mut self) -> Result<(), String> {
+        eventually(CONVERGE, "litecoind answers RPC", || {
+            let exited = self.agent.as_mut().map(|a| a.try_wait());
+            if let Some(Ok(Some(status))) = exited {
+                self.agent = None;
+                return Some(Err(format!(
+                    "agent exited with {status}\n{}",
+                    self.diagnostics()
+                )));
+            }
+            self.rpc("getblockcount", json!([])).ok().map(|_| Ok(()))
+        })
     }
 
     /// Starts the agent on this node's ports and datadir, as a container (re)start does.
@@ -228,7 +250,6 @@ impl LtcNode {
                 )
             })
             .collect();
-        let debug_log = self.dir.path().join("data/regtest/debug.log");
         format!(
             "--- {} ({keeper})\npeers: {peers:?}\n{}\n--- debug.log\n{}",
             self.id,
@@ -236,8 +257,12 @@ impl LtcNode {
                 &std::fs::read_to_string(self.log_path()).unwrap_or_default(),
                 12
             ),
-            tail(&std::fs::read_to_string(debug_log).unwrap_or_default(), 8),
+            tail(&self.debug_log(), 8),
         )
+    }
+
+    fn debug_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("data/regtest/debug.log")).unwrap_or_default()
     }
 
     /// PID of the litecoind running on this node's datadir, found in /proc.
@@ -312,14 +337,35 @@ fn await_ready(nodes: &[LtcNode], what: &str) {
     });
 }
 
+/// Starts `n` agents in parallel and waits until every litecoind answers RPC. A node whose
+/// agent exits first — most likely a port picked by `free_port` was taken before the agent or
+/// litecoind bound it — starts over on new ports, twice.
+fn start_fleet(etcd: &str, n: usize) -> Vec<LtcNode> {
+    let mut nodes: Vec<LtcNode> = (0..n)
+        .map(|i| LtcNode::new(etcd, &format!("ltc{i}")))
+        .collect();
+    for node in &mut nodes {
+        node.spawn_agent();
+    }
+    for node in &mut nodes {
+        let mut attempt = 1;
+        while let Err(why) = node.wait_rpc() {
+            assert!(attempt < 3, "{} did not start: {why}", node.id);
+            eprintln!("{} did not start ({why}); retrying on new ports", node.id);
+            attempt += 1;
+            node.pick_ports();
+            node.spawn_agent();
+        }
+    }
+    nodes
+}
+
 #[test]
 fn heavy_litecoind_under_agents_peers_to_k_without_addnode_relays_blocks_and_rejoins_after_restart()
 {
     let started = Instant::now();
     let etcd = Etcd::start();
-    let mut nodes: Vec<LtcNode> = (0..NODES)
-        .map(|i| LtcNode::start(&etcd.endpoint(), &format!("ltc{i}")))
-        .collect();
+    let mut nodes = start_fleet(&etcd.endpoint(), NODES);
 
     // 1. Peering from etcd alone: K peers each, none of them a static peer.
     await_k_peers(&nodes, "every litecoind has K fleet peers");
@@ -380,9 +426,10 @@ fn heavy_litecoind_under_agents_peers_to_k_without_addnode_relays_blocks_and_rej
 
     // Same datadir and ports, a new agent instance and a new cookie.
     nodes[restarted].spawn_agent();
-    let second_cookie = eventually(CONVERGE, "the restarted litecoind writes a cookie", || {
-        std::fs::read_to_string(nodes[restarted].cookie_file()).ok()
-    });
+    if let Err(why) = nodes[restarted].wait_rpc() {
+        panic!("the restarted node did not start: {why}");
+    }
+    let second_cookie = std::fs::read_to_string(nodes[restarted].cookie_file()).expect("cookie");
     assert_ne!(first_cookie, second_cookie, "a restart writes a new cookie");
     await_k_peers(&nodes, "the restarted node rejoins with K peers");
     await_tip(
