@@ -95,33 +95,6 @@ impl AgentProc {
         )
     }
 
-    /// Like [`AgentProc::start`] with another build of the agent (benchmarks use release).
-    pub fn start_with_bin(
-        bin: &Path,
-        etcd: &str,
-        node_id: &str,
-        extra: &[&str],
-        daemon: &[&str],
-    ) -> Self {
-        let dir = tempfile::Builder::new()
-            .prefix("peerkeep-agent-test-")
-            .tempdir()
-            .expect("temp dir");
-        Self::spawn(bin, &[], dir, etcd, node_id, extra, daemon)
-    }
-
-    /// Like [`AgentProc::start_in`] with another build of the agent.
-    pub fn start_in_with_bin(
-        bin: &Path,
-        dir: TempDir,
-        etcd: &str,
-        node_id: &str,
-        extra: &[&str],
-        daemon: &[&str],
-    ) -> Self {
-        Self::spawn(bin, &[], dir, etcd, node_id, extra, daemon)
-    }
-
     fn spawn(
         agent: &Path,
         wrapper: &[&str],
