@@ -400,11 +400,12 @@ fn heavy_litecoind_under_agents_peers_to_k_without_addnode_relays_blocks_and_rej
         "agent exits with litecoind's clean exit code, got {status}\n{}",
         nodes[restarted].diagnostics()
     );
+    let stop_took = stopping.elapsed();
     assert!(
-        stopping.elapsed() < STOP_TIMEOUT,
-        "litecoind took {:?} to stop",
-        stopping.elapsed()
+        stop_took < STOP_TIMEOUT,
+        "litecoind took {stop_took:?} to stop"
     );
+    eprintln!("{} stopped in {stop_took:?}", nodes[restarted].id);
     assert_eq!(nodes[restarted].daemon_pid(), None, "litecoind still runs");
     assert!(
         !nodes[restarted].cookie_file().exists(),
