@@ -14,11 +14,15 @@
 //! - [`proc`]: free ports, spawning with a death signal, binary paths.
 //! - [`devnode`]: the reference P2P daemon (bin `devnode`) and [`DevNode`] to run it.
 //! - [`litecoind`]: real `litecoind -regtest` nodes with a small RPC client.
+//! - [`fleet`]: agents supervising devnodes, as production runs them.
+//! - [`docker`]: compose projects of the real images, a load generator, a registry watch.
 //! - [`fakes`]: fake node APIs (Wavelet, nodeos, geth, CometBFT) for adapter contract tests.
 
 pub mod devnode;
+pub mod docker;
 pub mod etcd;
 pub mod fakes;
+pub mod fleet;
 pub mod haproxy;
 pub mod imds;
 pub mod litecoind;
