@@ -11,8 +11,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
-use peerkeep_registry::{MembershipSnapshot, NodeId, Slot};
+use peerkeep_registry::{MembershipSnapshot, NodeId};
 use peerkeep_supervise::Supervisor;
 use tokio::time::Instant;
 use tracing::{error, info, warn};
@@ -137,7 +136,7 @@ impl Applier {
 
     async fn apply_runtime(&mut self, desired: Model, cmds: Vec<RuntimeCommand>) -> Outcome {
         let started = Instant::now();
-        let cmds = enable_healthy_joiners(&desired, cmds).await;
+        let cmds = probe::enable_healthy_joiners(&desired, cmds).await;
         let cmds = cmds.as_slice();
         if let Err(e) = self.runtime.apply(cmds).await {
             warn!(error = %e, commands = cmds.len(), "runtime API change refused; falling back to a reload");
@@ -314,56 +313,3 @@ impl ModelBuilder {
         model
     }
 }
-
-/// Longest a joiner's pre-check may take; it delays the whole batch.
-const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
-
-/// Probes every joiner once (as HAProxy's check would) and drops the `health down` of those that
-/// pass, so they take traffic at once instead of after HAProxy's first scheduled checks.
-async fn enable_healthy_joiners(desired: &Model, cmds: Vec<RuntimeCommand>) -> Vec<RuntimeCommand> {
-    let mut targets = BTreeMap::new();
-    for c in &cmds {
-        let RuntimeCommand::MarkDown { backend, slot } = c else {
-            continue;
-        };
-        let Some(b) = desired
-            .backends
-            .iter()
-            .find(|b| &b.service.name == backend.service())
-        else {
-            continue;
-        };
-        if let Some(server) = b.servers.get(slot) {
-            let target = server.check_addr.unwrap_or(server.addr);
-            let timeout = b.service.timeouts.check.min(PROBE_TIMEOUT);
-            targets.insert(
-                (b.service.name.clone(), *slot),
-                (b.service.check.kind.clone(), target, timeout),
-            );
-        }
-    }
-    if targets.is_empty() {
-        return cmds;
-    }
-    let probes = targets
-        .into_iter()
-        .map(|(key, (kind, target, timeout))| async move {
-            (key, probe::passes(&kind, target, timeout).await)
-        });
-    let healthy: BTreeSet<(ServiceName, Slot)> = futures::stream::iter(probes)
-        .buffer_unordered(PROBE_CONCURRENCY)
-        .filter_map(|(key, ok)| async move { ok.then_some(key) })
-        .collect()
-        .await;
-    cmds.into_iter()
-        .filter(|c| match c {
-            RuntimeCommand::MarkDown { backend, slot } => {
-                !healthy.contains(&(backend.service().clone(), *slot))
-            }
-            _ => true,
-        })
-        .collect()
-}
-
-/// Joiners probed at the same time.
-const PROBE_CONCURRENCY: usize = 256;

@@ -8,13 +8,17 @@
 //! is enabled `health down` and left to HAProxy's checks. From then on HAProxy's own checks
 //! decide, so a node that dies right after the probe is taken out after `fall` checks as usual.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use peerkeep_registry::Endpoint;
+use futures::StreamExt;
+use peerkeep_registry::{Endpoint, Slot};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::config::CheckKind;
+use crate::config::{CheckKind, ServiceName};
+use crate::model::Model;
+use crate::runtime_cmd::RuntimeCommand;
 
 /// Whether `target` passes the check `kind` within `timeout`.
 pub async fn passes(kind: &CheckKind, target: Endpoint, timeout: Duration) -> bool {
@@ -61,6 +65,62 @@ fn status_ok(head: &[u8]) -> bool {
         .and_then(|c| c.parse::<u16>().ok());
     version_ok && code.is_some_and(|c| (200..400).contains(&c))
 }
+
+/// Longest a joiner's pre-check may take; it delays the whole batch.
+const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// Probes every joiner once (as HAProxy's check would) and drops the `health down` of those that
+/// pass, so they take traffic at once instead of after HAProxy's first scheduled checks.
+pub async fn enable_healthy_joiners(
+    desired: &Model,
+    cmds: Vec<RuntimeCommand>,
+) -> Vec<RuntimeCommand> {
+    let mut targets = BTreeMap::new();
+    for c in &cmds {
+        let RuntimeCommand::MarkDown { backend, slot } = c else {
+            continue;
+        };
+        let Some(b) = desired
+            .backends
+            .iter()
+            .find(|b| &b.service.name == backend.service())
+        else {
+            continue;
+        };
+        if let Some(server) = b.servers.get(slot) {
+            let target = server.check_addr.unwrap_or(server.addr);
+            let timeout = b.service.timeouts.check.min(PROBE_TIMEOUT);
+            targets.insert(
+                (b.service.name.clone(), *slot),
+                (b.service.check.kind.clone(), target, timeout),
+            );
+        }
+    }
+    if targets.is_empty() {
+        return cmds;
+    }
+    let probes = targets
+        .into_iter()
+        .map(|(key, (kind, target, timeout))| async move {
+            (key, passes(&kind, target, timeout).await)
+        });
+    let healthy: BTreeSet<(ServiceName, Slot)> = futures::stream::iter(probes)
+        .buffer_unordered(PROBE_CONCURRENCY)
+        .filter_map(|(key, ok)| async move { ok.then_some(key) })
+        .collect()
+        .await;
+    cmds.into_iter()
+        .filter(|c| match c {
+            RuntimeCommand::MarkDown { backend, slot } => {
+                !healthy.contains(&(backend.service().clone(), *slot))
+            }
+            _ => true,
+        })
+        .collect()
+}
+
+/// Joiners probed at the same time.
+const PROBE_CONCURRENCY: usize = 256;
 
 #[cfg(test)]
 mod tests {
