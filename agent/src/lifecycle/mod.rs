@@ -14,12 +14,18 @@
 //!    publishes the record state, `/status` and metrics — until the daemon exits, a shutdown is
 //!    requested (the `shutdown` module), or the node id turns out to be taken (exit 4).
 //!
+//! Modules: `setup` (flags → a running agent), this loop, `observe` (probe, readiness, view,
+//! registration start), `publish` (record state, `/status`, metrics), `shutdown`, `phase`,
+//! `daemon` (command line and probe).
+//!
 //! With a node adapter, the peer keeper ([`crate::keeper`]) runs beside this loop as its own
 //! task (started in [`run`], stopped when the phase leaves Running); this loop only reads the
 //! peer count for readiness.
 
 mod daemon;
+mod observe;
 mod phase;
+mod publish;
 mod setup;
 mod shutdown;
 
@@ -36,7 +42,7 @@ use tokio::sync::{broadcast, watch};
 
 use crate::health::metrics::Metrics;
 use crate::health::status::AgentStatus;
-use crate::readiness::{self, Observation, Readiness, ReadinessParams};
+use crate::readiness::{Observation, Readiness, ReadinessParams};
 
 pub use daemon::{DaemonProbe, ProbeReport};
 pub use phase::{Phase, PhaseMachine};
@@ -45,13 +51,6 @@ pub use setup::{RunError, run};
 /// Probe interval until the daemon first answers: registration should follow the daemon's
 /// first answer closely, whatever `--peer-poll` is.
 const FIRST_ANSWER_POLL: Duration = Duration::from_millis(100);
-
-/// Consecutive failed probes after which a daemon that answered before counts as unreachable
-/// for readiness (`/status` shows every failure at once).
-const UNREACHABLE_AFTER_FAILURES: u32 = 3;
-
-/// How often "daemon not answering yet" is repeated while waiting for the first answer.
-const WAITING_LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// Time allowed to revoke the lease before giving up and letting it expire (a healthy etcd
 /// answers in milliseconds; a hung one must not eat the orchestrator's grace period).
@@ -62,22 +61,6 @@ const SHUTDOWN_HEARTBEAT: Duration = Duration::from_secs(1);
 
 /// Grace for leftover processes when sweeping as PID 1.
 const SWEEP_GRACE: Duration = Duration::from_secs(2);
-
-/// The states the registration can report, for the one-hot metric.
-const REGISTRATION_STATES: [&str; 6] = [
-    "unregistered",
-    "registered",
-    "unconfirmed",
-    "lost",
-    "id_taken",
-    "revoked",
-];
-
-/// The record label carrying the daemon's own identity (one of the keeper's identity labels).
-const IDENTITY_LABEL: &str = "identity";
-
-/// The record states, for the one-hot metric.
-const NODE_STATES: [&str; 3] = ["starting", "ready", "draining"];
 
 /// Timing and thresholds of the lifecycle.
 #[derive(Debug, Clone)]
@@ -216,203 +199,6 @@ impl Agent {
         }
     }
 
-    /// Asks the daemon, applies the readiness rule, and starts the registration on the first
-    /// answer.
-    async fn probe_round(&mut self) -> Result<(), RunError> {
-        // A slow probe must not delay a shutdown or a daemon exit: both are level-triggered,
-        // so the loop's next select sees them at once.
-        let result = tokio::select! {
-            r = self.probe.check() => r,
-            _ = self.requests.at_least(1) => return Ok(()),
-            _ = self.daemon.wait() => return Ok(()),
-        };
-        let now = Instant::now();
-        let reachable = result.is_ok();
-        let changed = reachable != self.status.borrow().daemon.reachable;
-        let first_answer = self.last_answer.is_none() && reachable;
-        let still_waiting = self.last_answer.is_none()
-            && now.saturating_duration_since(self.waiting_logged) >= WAITING_LOG_EVERY;
-        match &result {
-            Ok(_) if changed || first_answer => tracing::info!("daemon answers"),
-            Err(e) if still_waiting => {
-                self.waiting_logged = now;
-                tracing::info!(error = %e, "daemon not answering yet");
-            }
-            Err(e) if changed => tracing::warn!(error = %e, "daemon stopped answering"),
-            _ => {}
-        }
-        match result {
-            Ok(report) => {
-                self.last_answer = Some(now);
-                self.failed_probes = 0;
-                self.observation.reachable = true;
-                self.observation.synced = report.synced;
-                self.observation.lag = report.lag;
-                self.observation.peers = report.peers.as_ref().map(Vec::len);
-                self.status.send_modify(|s| {
-                    s.daemon.reachable = true;
-                    s.daemon.answered = true;
-                    s.daemon.probe_error = None;
-                });
-            }
-            Err(e) => {
-                // One slow answer must not pull a serving node out of the load balancer.
-                self.failed_probes = self.failed_probes.saturating_add(1);
-                self.observation.reachable =
-                    self.last_answer.is_some() && self.failed_probes < UNREACHABLE_AFTER_FAILURES;
-                self.status.send_modify(|s| {
-                    s.daemon.reachable = false;
-                    s.daemon.probe_error = Some(e);
-                });
-            }
-        }
-        let before = self.readiness;
-        self.readiness = readiness::next(before, &self.observation, &self.params.readiness, now);
-        if before.is_ready() != self.readiness.is_ready() {
-            tracing::info!(
-                ready = self.readiness.is_ready(),
-                reachable = self.observation.reachable,
-                peers = ?self.observation.peers,
-                lag = ?self.observation.lag,
-                other_live = self.observation.other_live,
-                "readiness changed"
-            );
-        }
-        if self.registration.is_none() && self.last_answer.is_some() {
-            self.start_registration().await?;
-        }
-        Ok(())
-    }
-
-    async fn start_registration(&mut self) -> Result<(), RunError> {
-        self.publish_identity().await;
-        let mut info = self.reg_info.clone();
-        info.state = self.desired_state();
-        let reg = Registration::spawn(self.etcd.clone(), self.reg_config.clone(), info.clone())
-            .map_err(RunError::Registry)?;
-        tracing::info!(node_id = %self.node_id(), state = %info.state, "registering");
-        self.published_state = Some(info.state);
-        self.registration = Some(reg);
-        Ok(())
-    }
-
-    /// Puts the daemon's own identity (geth's enode id) in the record's `identity` label, so
-    /// peers whose daemons list it by identity can map it to this record. An explicit
-    /// `--label identity=…` wins; a daemon that cannot tell is registered without it.
-    async fn publish_identity(&mut self) {
-        let DaemonProbe::Adapter(adapter) = &self.probe else {
-            return;
-        };
-        if self.reg_info.labels.contains_key(IDENTITY_LABEL) {
-            return;
-        }
-        match tokio::time::timeout(daemon::PROBE_TIMEOUT, adapter.own_identity()).await {
-            Ok(Ok(Some(identity))) => {
-                tracing::info!(%identity, "daemon identity published in the record");
-                self.reg_info
-                    .labels
-                    .insert(IDENTITY_LABEL.to_owned(), identity);
-            }
-            Ok(Ok(None)) => {}
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "daemon identity unavailable; registering without it")
-            }
-            Err(_) => tracing::warn!("daemon identity not given in time; registering without it"),
-        }
-    }
-
-    fn apply_view(&mut self) {
-        let snap = self.view.borrow_and_update().clone();
-        let me = self.node_id().clone();
-        self.observation.other_live = snap.peerable().filter(|r| r.id != me).count();
-        let drain = snap.drain_requested.contains(&me);
-        let was = self.status.borrow().drain_requested;
-        if drain != was {
-            tracing::info!(drain_requested = drain, "operator drain key changed");
-        }
-        self.status.send_modify(|s| {
-            s.drain_requested = drain;
-            s.view.revision = snap.revision;
-            s.view.other_live = self.observation.other_live;
-        });
-    }
-
-    /// The record state the node should publish now.
-    fn desired_state(&self) -> NodeState {
-        if self.phase.get() != Phase::Running || self.status.borrow().drain_requested {
-            NodeState::Draining
-        } else if self.readiness.is_ready() {
-            NodeState::Ready
-        } else {
-            NodeState::Starting
-        }
-    }
-
-    fn publish_record_state(&mut self) {
-        let Some(reg) = &self.registration else {
-            return;
-        };
-        let want = self.desired_state();
-        if self.published_state != Some(want) {
-            tracing::info!(
-                from = self.published_state.map(NodeState::as_str),
-                to = want.as_str(),
-                "node state"
-            );
-            self.published_state = Some(want);
-        }
-        reg.set_state(want);
-    }
-
-    fn publish_status(&self) {
-        let reg = self.registration.as_ref().map(Registration::status);
-        let m = &self.metrics;
-        if let Some(r) = &reg {
-            Metrics::set_state(
-                &m.registration_state,
-                &REGISTRATION_STATES,
-                r.state.as_str(),
-            );
-            m.mirror_total(
-                "lease_regrants",
-                &m.lease_regrants,
-                r.lease_grants.saturating_sub(1),
-            );
-        }
-        if let Some(state) = self.published_state {
-            Metrics::set_state(&m.node_state, &NODE_STATES, state.as_str());
-        }
-        m.ready.set(i64::from(self.readiness.is_ready()));
-        m.peers.set(
-            self.observation
-                .peers
-                .map_or(0, |p| i64::try_from(p).unwrap_or(i64::MAX)),
-        );
-        m.daemon_up
-            .set(i64::from(self.daemon.try_status().is_none()));
-        // Recomputed on every round: a stale view publishes no change while it ages.
-        let stale = self.view.borrow().stale_for().map(|d| d.as_secs_f64());
-        m.view_age_seconds.set(stale.unwrap_or(0.0));
-        let now = Instant::now();
-        self.status.send_modify(|s| {
-            s.heartbeat = now;
-            s.view.stale_secs = stale;
-            s.lifecycle = self.phase.get().as_str();
-            s.state = self.published_state.map(NodeState::as_str);
-            s.ready = self.readiness.is_ready();
-            s.peers = self.observation.peers;
-            s.lag_secs = self.observation.lag.map(|d| d.as_secs_f64());
-            s.synced = self.observation.synced;
-            s.daemon.last_answer_secs = self
-                .last_answer
-                .map(|t| now.saturating_duration_since(t).as_secs_f64());
-            if let Some(r) = &reg {
-                s.registration = r.state.as_str().to_owned();
-                s.lease_id = r.lease;
-            }
-        });
-    }
-
     /// The node id is held by another live instance: stop the daemon cleanly, exit 4.
     async fn registration_stopped(mut self, err: RegistryError) -> Result<i32, RunError> {
         tracing::error!(error = %err, "registration stopped; stopping the daemon");
@@ -456,15 +242,5 @@ impl Agent {
             s.daemon.reachable = false;
             s.daemon.exit = Some(status.to_string());
         });
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn published_identity_label_is_one_the_peer_keeper_reads() {
-        assert!(crate::keeper::plan::IDENTITY_LABELS.contains(&IDENTITY_LABEL));
     }
 }
