@@ -84,3 +84,28 @@ fn etcd_stopped_for_three_ttls_leaves_the_daemon_alone_and_registration_returns(
     assert_eq!(agent.daemon_pid(), Some(pid));
     assert!(alive(pid), "daemon touched");
 }
+
+#[test]
+fn shutdown_with_a_hung_etcd_still_stops_the_daemon_in_bounded_time() {
+    let etcd = Etcd::start();
+    let daemon = sh("exec sleep 600");
+    let mut agent = AgentProc::start(
+        &etcd.endpoint(),
+        "n-hung",
+        &["--drain-delay", "500ms"],
+        &strs(&daemon),
+    );
+    eventually(DEADLINE, "registered", || record(&etcd, "n-hung"));
+    let pid = agent.daemon_pid().expect("daemon pid");
+
+    etcd.pause();
+    let started = Instant::now();
+    agent.signal(nix::sys::signal::Signal::SIGTERM);
+    let status = agent.wait_exit(DEADLINE);
+    let took = started.elapsed();
+    etcd.resume();
+    assert_eq!(status.code(), Some(143), "log:\n{}", agent.log());
+    assert!(!alive(pid), "daemon left running");
+    // Draining confirmation (≤ 1 s) + drain delay + revoke (≤ 2 s) + the stop itself.
+    assert!(took < Duration::from_secs(6), "shutdown took {took:?}");
+}
