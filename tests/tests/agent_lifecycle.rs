@@ -391,3 +391,28 @@ fn unusable_flag_values_exit_2_before_the_daemon_starts() {
         );
     }
 }
+
+#[test]
+fn a_taken_health_port_fails_the_start_with_exit_1_before_the_daemon_runs() {
+    let etcd = Etcd::start();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr").to_string();
+    let daemon = sh("touch started; exec sleep 600");
+    let mut agent = AgentProc::start_from_env(
+        &etcd.endpoint(),
+        "n-port",
+        &[("PEERKEEP_HEALTH_LISTEN", addr.as_str())],
+        &strs(&daemon),
+    );
+    let status = agent.wait_exit(DEADLINE);
+    assert_eq!(status.code(), Some(1), "log:\n{}", agent.log());
+    assert!(
+        agent.log().contains("--health-listen"),
+        "log:\n{}",
+        agent.log()
+    );
+    assert!(
+        !agent.path("started").exists(),
+        "daemon started without health checks"
+    );
+}
