@@ -43,6 +43,8 @@ pub enum DisconnectReason {
     AboveMax,
     /// `--strict-peers` and it maps to no record.
     Unregistered,
+    /// A second link to a node already connected (both dialed at once).
+    Duplicate,
 }
 
 /// One thing to do.
@@ -73,7 +75,7 @@ pub enum Action {
 pub struct Plan {
     /// What to do, disconnects first.
     pub actions: Vec<Action>,
-    /// Peers the daemon reports (inbound included, duplicates by address removed).
+    /// Distinct peers the daemon reports, inbound included (several links to one node count once).
     pub degree: usize,
     /// Connects issued earlier and not yet confirmed.
     pub in_flight: usize,
@@ -87,7 +89,8 @@ pub struct Plan {
 
 /// Decides which peers to connect and disconnect.
 ///
-/// - the degree counts every distinct peer the daemon reports, inbound included;
+/// - the degree counts every distinct peer the daemon reports, inbound included; two links to
+///   the same node count once, and the one not dialed by the smaller id is dropped;
 /// - a peer maps to a record when its address is the record's `p2p` endpoint or its identity is
 ///   the record's id or identity label;
 /// - candidates are peerable records (`starting`/`ready`) with a `p2p` endpoint, not ourselves,
@@ -95,7 +98,9 @@ pub struct Plan {
 ///   `K − degree − in_flight` of them are dialed;
 /// - only peers whose record is `draining` are disconnected, plus the lowest-ranked ones above
 ///   `max_peers` (outbound first), plus, with `strict_peers` and a fresh view, unmapped ones;
-///   unmapped peers are otherwise left alone, and a vanished record is just no candidate.
+///   unmapped peers are otherwise left alone, and a vanished record is just no candidate;
+/// - while the daemon says it is not synced, one outbound link to a `ready` node is kept (dialed
+///   beyond K if needed): some daemons only download blocks from peers they dialed.
 pub fn plan(
     observed: &[Peer],
     view: &MembershipSnapshot,
@@ -106,39 +111,51 @@ pub fn plan(
     let index = RecordIndex::new(view);
     let mut seen = BTreeSet::new();
     let peers: Vec<&Peer> = observed.iter().filter(|p| seen.insert(p.addr)).collect();
+    let fresh_view = view.initialized && view.stale_since.is_none();
 
-    let mut out = Plan {
-        degree: peers.len(),
-        ..Plan::default()
-    };
+    let mut out = Plan::default();
     let mut keep: Vec<(&Peer, Option<&NodeRecord>)> = Vec::new();
+    let mut links: BTreeMap<&NodeId, Vec<&Peer>> = BTreeMap::new();
+    let mut leaving = 0;
     for peer in &peers {
-        let record = index.lookup(peer);
-        match record {
-            Some(r) if r.id == params.own_id => {}
-            Some(r) => {
-                out.mapped.insert(r.id.clone(), peer.addr);
-            }
-            None => out.unmapped += 1,
-        }
+        // A daemon listing itself (a self-dial) is nobody's record to act on.
+        let record = index.lookup(peer).filter(|r| r.id != params.own_id);
         let reason = match record {
-            Some(r) if r.state == NodeState::Draining && r.id != params.own_id => {
-                Some(DisconnectReason::Draining)
+            Some(r) if r.state == NodeState::Draining => Some(DisconnectReason::Draining),
+            Some(r) => {
+                links.entry(&r.id).or_default().push(peer);
+                None
             }
-            None if params.strict_peers && view.initialized && view.stale_since.is_none() => {
-                Some(DisconnectReason::Unregistered)
+            None if params.strict_peers && fresh_view => Some(DisconnectReason::Unregistered),
+            None => {
+                out.unmapped += 1;
+                keep.push((peer, None));
+                None
             }
-            _ => None,
         };
-        match reason {
-            Some(reason) => out.actions.push(Action::Disconnect {
+        if let Some(reason) = reason {
+            leaving += 1;
+            out.actions.push(Action::Disconnect {
                 addr: peer.addr,
                 id: record.map(|r| r.id.clone()),
                 reason,
-            }),
-            None => keep.push((peer, record)),
+            });
         }
     }
+    for (id, node_links) in links {
+        let (kept, duplicates) = split_duplicate_links(&params.own_id, id, node_links);
+        out.mapped.insert(id.clone(), kept.addr);
+        keep.push((kept, view.records.get(id)));
+        for dup in duplicates {
+            out.actions.push(Action::Disconnect {
+                addr: dup.addr,
+                id: Some(id.clone()),
+                reason: DisconnectReason::Duplicate,
+            });
+        }
+    }
+    // Distinct peers: two links to the same node are one peer.
+    out.degree = keep.len() + leaving;
 
     trim_above_max(&mut keep, params, &mut out.actions);
     let remaining = keep.len();
@@ -157,7 +174,19 @@ pub fn plan(
         .sort_by_key(|c| std::cmp::Reverse(weight(&params.own_id, c)));
 
     let want = params.min_peers.saturating_sub(remaining + out.in_flight);
-    for id in out.candidates.iter().take(want) {
+    let mut chosen: Vec<&NodeId> = out.candidates.iter().take(want).collect();
+    if state.daemon_synced == Some(false)
+        && !has_outbound_to_ready(&keep, view, state)
+        && remaining + out.in_flight + chosen.len() < params.max_peers
+        && !chosen.iter().any(|id| is_ready(view, id))
+    {
+        // A syncing daemon may fetch blocks from outbound peers only (Bitcoin Core during its
+        // initial download): make sure one link to a ready node is ours, even at K already.
+        if let Some(id) = out.candidates.iter().find(|c| is_ready(view, c)) {
+            chosen.push(id);
+        }
+    }
+    for id in chosen {
         if let Some(rec) = view.records.get(id)
             && let Some(addr) = rec.p2p()
         {
@@ -169,6 +198,46 @@ pub fn plan(
         }
     }
     out
+}
+
+fn is_ready(view: &MembershipSnapshot, id: &NodeId) -> bool {
+    view.records
+        .get(id)
+        .is_some_and(|r| r.state == NodeState::Ready)
+}
+
+/// Whether an outbound link (established or pending) goes to a ready node.
+fn has_outbound_to_ready(
+    keep: &[(&Peer, Option<&NodeRecord>)],
+    view: &MembershipSnapshot,
+    state: &KeeperState,
+) -> bool {
+    keep.iter().any(|(p, r)| {
+        p.direction == Some(Direction::Outbound) && r.is_some_and(|r| r.state == NodeState::Ready)
+    }) || state.pending.keys().any(|id| is_ready(view, id))
+}
+
+/// Of several links to the same node, the one both ends agree to keep — the link dialed by the
+/// node with the smaller id — and the others. Both ends apply the same rule, so they never drop
+/// both links. Without the kept link's direction known, nothing is dropped.
+fn split_duplicate_links<'p>(
+    own: &NodeId,
+    other: &NodeId,
+    mut links: Vec<&'p Peer>,
+) -> (&'p Peer, Vec<&'p Peer>) {
+    let wanted = if own < other {
+        Direction::Outbound
+    } else {
+        Direction::Inbound
+    };
+    match links.iter().position(|p| p.direction == Some(wanted)) {
+        Some(i) if links.len() > 1 => {
+            let kept = links.remove(i);
+            (kept, links)
+        }
+        // `links` is never empty: an entry exists only once a link was pushed into it.
+        _ => (links[0], Vec::new()),
+    }
 }
 
 /// Above `max_peers`, drops the lowest-ranked mapped peers, outbound before the rest; unmapped

@@ -359,3 +359,112 @@ fn ranking_differs_between_nodes() {
     assert_ne!(choice("a"), choice("b"));
     assert_eq!(choice("a"), choice("a"), "deterministic");
 }
+
+#[test]
+fn two_links_to_one_node_count_once_and_both_ends_drop_the_same_link() {
+    // "me" < "n1": me keeps its outbound link, n1 keeps its inbound one: the same link.
+    let v = view(&[Ready, Ready, Ready]);
+    let out_link = Peer {
+        addr: addr(2),
+        direction: Some(Direction::Outbound),
+        identity: Some("n1".into()),
+    };
+    let in_link = Peer {
+        addr: SocketAddr::from(([10, 0, 0, 2], 50123)),
+        direction: Some(Direction::Inbound),
+        identity: Some("n1".into()),
+    };
+    let p = plan(
+        &[out_link.clone(), in_link.clone()],
+        &v,
+        &params(1, 6),
+        &KeeperState::default(),
+        Instant::now(),
+    );
+    assert_eq!(p.degree, 1);
+    assert_eq!(
+        disconnects(&p),
+        vec![(in_link.addr, DisconnectReason::Duplicate)]
+    );
+    assert!(
+        connects(&p).is_empty(),
+        "one distinct peer is enough for K = 1"
+    );
+
+    // Seen from the other end ("n1" > "me"): keep the inbound link, drop its own outbound one.
+    let mut other = params(1, 6);
+    other.own_id = id("n1");
+    let theirs = [
+        Peer {
+            addr: addr(1),
+            direction: Some(Direction::Outbound),
+            identity: Some("me".into()),
+        },
+        Peer {
+            addr: SocketAddr::from(([10, 0, 0, 1], 40000)),
+            direction: Some(Direction::Inbound),
+            identity: Some("me".into()),
+        },
+    ];
+    let q = plan(&theirs, &v, &other, &KeeperState::default(), Instant::now());
+    assert_eq!(
+        disconnects(&q),
+        vec![(addr(1), DisconnectReason::Duplicate)]
+    );
+}
+
+#[test]
+fn duplicate_links_of_unknown_direction_are_left_alone() {
+    let v = view(&[Ready]);
+    let links = [
+        Peer {
+            addr: addr(2),
+            direction: None,
+            identity: Some("n1".into()),
+        },
+        Peer {
+            addr: SocketAddr::from(([10, 0, 0, 2], 50123)),
+            direction: None,
+            identity: Some("n1".into()),
+        },
+    ];
+    let p = plan(
+        &links,
+        &v,
+        &params(1, 6),
+        &KeeperState::default(),
+        Instant::now(),
+    );
+    assert_eq!(p.degree, 1);
+    assert!(p.actions.is_empty());
+}
+
+#[test]
+fn a_syncing_daemon_dials_a_ready_node_when_no_outbound_link_reaches_one() {
+    // At K already, but every link is inbound or goes to a node that is itself starting.
+    let v = view(&[Starting, Starting, Ready, Ready]);
+    let observed = [
+        peer(2, Some(Direction::Outbound)),
+        peer(3, Some(Direction::Inbound)),
+    ];
+    let mut st = KeeperState {
+        daemon_synced: Some(false),
+        ..KeeperState::default()
+    };
+    let p = plan(&observed, &v, &params(2, 4), &st, Instant::now());
+    let c = connects(&p);
+    assert_eq!(c.len(), 1);
+    assert!(c[0] == "n3" || c[0] == "n4", "a ready node: {c:?}");
+
+    // Synced, or already holding an outbound link to a ready node: nothing extra.
+    st.daemon_synced = Some(true);
+    assert!(connects(&plan(&observed, &v, &params(2, 4), &st, Instant::now())).is_empty());
+    st.daemon_synced = Some(false);
+    let with_ready = [
+        peer(4, Some(Direction::Outbound)),
+        peer(3, Some(Direction::Inbound)),
+    ];
+    assert!(connects(&plan(&with_ready, &v, &params(2, 4), &st, Instant::now())).is_empty());
+    // Never beyond the maximum.
+    assert!(connects(&plan(&observed, &v, &params(2, 2), &st, Instant::now())).is_empty());
+}

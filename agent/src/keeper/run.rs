@@ -145,6 +145,9 @@ impl PeerKeeper {
                 return;
             }
         };
+        // Only the claim matters here (a syncing daemon needs an outbound link to a ready
+        // node); a daemon that cannot tell is treated as having nothing to ask for.
+        self.state.daemon_synced = self.adapter.sync_status().await.ok().map(|s| s.synced);
         let view = self.view.borrow_and_update().clone();
         let now = Instant::now();
         let own = &self.config.params.own_id;

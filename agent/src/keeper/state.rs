@@ -56,6 +56,8 @@ pub struct KeeperState {
     pub policy: BackoffPolicy,
     /// Records the daemon was connected to at the last listing.
     pub last_connected: BTreeSet<NodeId>,
+    /// The daemon's own sync claim at the last round (`None`: it cannot tell).
+    pub daemon_synced: Option<bool>,
 }
 
 impl KeeperState {
