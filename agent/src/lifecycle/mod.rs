@@ -14,7 +14,7 @@
 //!    publishes the record state, `/status` and metrics — until the daemon exits, a shutdown is
 //!    requested (the `shutdown` module), or the node id turns out to be taken (exit 4).
 //!
-//! Modules: `setup` (flags → a running agent), this loop, `observe` (probe, readiness, view,
+//! Modules: `setup` (flags → a running agent), `error` (early exits and their codes), this loop, `observe` (probe, readiness, view,
 //! registration start), `publish` (record state, `/status`, metrics), `shutdown`, `phase`,
 //! `daemon` (command line and probe).
 //!
@@ -23,6 +23,7 @@
 //! peer count for readiness.
 
 mod daemon;
+mod error;
 mod observe;
 mod phase;
 mod publish;
@@ -45,8 +46,9 @@ use crate::health::status::AgentStatus;
 use crate::readiness::{Observation, Readiness, ReadinessParams};
 
 pub use daemon::{DaemonProbe, ProbeReport};
+pub use error::RunError;
 pub use phase::{Phase, PhaseMachine};
-pub use setup::{RunError, run};
+pub use setup::run;
 
 /// Probe interval until the daemon first answers: registration should follow the daemon's
 /// first answer closely, whatever `--peer-poll` is.

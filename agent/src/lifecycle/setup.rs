@@ -1,4 +1,5 @@
-//! Turning `run`'s flags into a running [`Agent`], and the errors that end a run early.
+//! Turning `run`'s flags into a running [`Agent`]: checks, addresses, health server, daemon,
+//! registration setup and the peer keeper task.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -7,20 +8,21 @@ use std::time::Duration;
 
 use peerkeep_registry::registration::{MIN_TTL, NodeInfo, RegistrationConfig, new_instance_token};
 use peerkeep_registry::{
-    AddressPolicy, Endpoint, EndpointName, EtcdOptions, Keyspace, Membership, NodeId, RegistryError,
+    AddressPolicy, Endpoint, EndpointName, EtcdOptions, Keyspace, Membership, NodeId,
 };
-use peerkeep_supervise::{SpawnError, SuperviseError, Supervisor};
+use peerkeep_supervise::Supervisor;
 use tokio::sync::watch;
 
 use super::daemon::{self, DaemonProbe};
+use super::error::RunError;
 use super::{Agent, LifecycleParams, PhaseMachine};
-use crate::adapter::{self, AdapterKind, ConfigError, NodeAdapter};
-use crate::addresses::{AddressError, Addresses};
+use crate::adapter::{self, AdapterKind, NodeAdapter};
+use crate::addresses::Addresses;
 use crate::cli::RunArgs;
 use crate::daemon_env::DaemonFacts;
-use crate::endpoints::{self, EndpointSpecError};
+use crate::endpoints;
 use crate::health::metrics::Metrics;
-use crate::health::server::{self, BindError};
+use crate::health::server;
 use crate::health::status::{AgentStatus, LivenessParams};
 use crate::keeper::run::DEFAULT_CONNECT_DEADLINE;
 use crate::keeper::{BackoffPolicy, KeeperConfig, KeeperCounters, PeerKeeper, PlanParams};
@@ -28,65 +30,6 @@ use crate::readiness::{Observation, Readiness, ReadinessParams};
 
 /// A loop silent this long fails liveness (the loop wakes at least every `--peer-poll`).
 const MIN_HEARTBEAT_LIMIT: Duration = Duration::from_secs(10);
-
-/// Why `run` ended without a daemon status to pass on.
-#[derive(Debug, thiserror::Error)]
-pub enum RunError {
-    /// Signal handling or the reaper could not be set up.
-    #[error(transparent)]
-    Supervise(#[from] SuperviseError),
-    /// No usable node id.
-    #[error("node id: {0} (pass --node-id / PEERKEEP_NODE_ID; the default is the host name)")]
-    NodeId(String),
-    /// An address could not be resolved.
-    #[error(transparent)]
-    Address(#[from] AddressError),
-    /// An `--endpoint` is unusable.
-    #[error("--endpoint: {0}")]
-    Endpoint(String),
-    /// A flag value that parses but cannot work (exit 2).
-    #[error("{flag}: {reason}")]
-    Flag {
-        /// The flag.
-        flag: &'static str,
-        /// What is wrong and what would work.
-        reason: String,
-    },
-    /// Nothing to run after `--` (clap requires it; only a caller bug gets here).
-    #[error("no daemon given after --")]
-    NoDaemon,
-    /// The health listener could not be bound.
-    #[error(transparent)]
-    Bind(#[from] BindError),
-    /// The daemon could not be started.
-    #[error(transparent)]
-    Spawn(#[from] SpawnError),
-    /// The node adapter's configuration is unusable (exit 3).
-    #[error(transparent)]
-    Adapter(#[from] ConfigError),
-    /// etcd options are unusable, or the registration ended (id taken: exit 4).
-    #[error(transparent)]
-    Registry(#[from] RegistryError),
-}
-
-impl RunError {
-    /// The exit code of DESIGN.md's table.
-    pub fn exit_code(&self) -> i32 {
-        match self {
-            Self::Spawn(e) => e.exit_code(),
-            Self::Registry(e) => i32::from(e.exit_code()),
-            Self::Endpoint(_) | Self::NoDaemon | Self::Flag { .. } => 2,
-            Self::Adapter(_) => 3,
-            _ => 1,
-        }
-    }
-}
-
-impl From<EndpointSpecError> for RunError {
-    fn from(e: EndpointSpecError) -> Self {
-        Self::Endpoint(e.to_string())
-    }
-}
 
 /// Values clap accepts but the agent cannot use, refused before anything starts.
 fn check_flags(args: &RunArgs) -> Result<(), RunError> {
