@@ -499,6 +499,21 @@ impl Etcd {
         .await
     }
 
+    /// Reads from a raw byte key (page starts need not be valid UTF-8); `shown` names it in
+    /// errors.
+    pub(crate) async fn get_bytes(
+        &self,
+        key: Vec<u8>,
+        opts: Option<GetOptions>,
+        shown: &str,
+    ) -> Result<GetResponse, RegistryError> {
+        self.call("get", shown, |mut c| {
+            let (key, opts) = (key.clone(), opts.clone());
+            async move { c.get(key, opts).await }
+        })
+        .await
+    }
+
     /// Reads every key under `prefix`.
     pub(crate) async fn get_prefix(&self, prefix: &str) -> Result<GetResponse, RegistryError> {
         self.get(prefix, Some(GetOptions::new().with_prefix()))

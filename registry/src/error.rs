@@ -151,6 +151,13 @@ impl RegistryError {
         matches!(self, Self::Unreachable { .. })
     }
 
+    /// Whether etcd's reply was larger than one gRPC message may be (4 MiB in the client):
+    /// the read must be split into smaller pages.
+    pub fn is_reply_too_large(&self) -> bool {
+        matches!(self, Self::Request { detail, .. } | Self::Unreachable { detail, .. }
+            if detail.contains("message length too large"))
+    }
+
     /// The exit code a binary should use when it stops because of this error (DESIGN.md table).
     pub fn exit_code(&self) -> u8 {
         match self {

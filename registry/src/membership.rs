@@ -124,20 +124,71 @@ pub async fn list_clusters(
         .collect())
 }
 
+/// Keys per page of a prefix read; halved while a page is too large for one gRPC message.
+const PAGE_KEYS: i64 = 256;
+
 /// Reads everything under `prefix`, with the revision of the read.
+///
+/// The read is paged, every page at the revision of the first: one reply is capped at 4 MiB by
+/// the gRPC client, and whoever can write under the prefix could otherwise make the whole view
+/// unreadable with a few hundred oversized (and invalid anyway) values. A page that is still too
+/// large is read again with half as many keys, down to one key per page, which always fits
+/// (etcd refuses values above its request size limit, 1.5 MiB by default).
 async fn list(etcd: &Etcd, prefix: &str) -> Result<(Vec<RawKv>, i64), RegistryError> {
-    let resp = etcd.get_prefix(prefix).await?;
-    let revision = resp.header().map_or(0, |h| h.revision());
-    let kvs = resp
-        .kvs()
-        .iter()
-        .map(|kv| RawKv {
-            key: String::from_utf8_lossy(kv.key()).into_owned(),
-            value: kv.value().to_vec(),
-            mod_revision: kv.mod_revision(),
-        })
-        .collect();
-    Ok((kvs, revision))
+    let range_end = prefix_end(prefix);
+    let mut kvs = Vec::new();
+    let mut revision = 0;
+    let mut from = prefix.as_bytes().to_vec();
+    let mut page = PAGE_KEYS;
+    loop {
+        let mut opts = GetOptions::new()
+            .with_range(range_end.clone())
+            .with_limit(page);
+        if revision > 0 {
+            opts = opts.with_revision(revision);
+        }
+        let key = String::from_utf8_lossy(&from).into_owned();
+        let resp = match etcd.get_bytes(from.clone(), Some(opts), &key).await {
+            Ok(r) => r,
+            Err(e) if page > 1 && e.is_reply_too_large() => {
+                page /= 2;
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        if revision == 0 {
+            revision = resp.header().map_or(0, |h| h.revision());
+        }
+        for kv in resp.kvs() {
+            kvs.push(RawKv {
+                key: String::from_utf8_lossy(kv.key()).into_owned(),
+                value: kv.value().to_vec(),
+                mod_revision: kv.mod_revision(),
+            });
+        }
+        match resp.kvs().last() {
+            Some(last) if resp.more() => {
+                from = last.key().to_vec();
+                from.push(0);
+                page = (page * 2).min(PAGE_KEYS);
+            }
+            _ => return Ok((kvs, revision)),
+        }
+    }
+}
+
+/// The end of the key range of `prefix`: the prefix with its last byte incremented (trailing
+/// 0xff bytes dropped first), as etcd's own `--prefix` computes it.
+fn prefix_end(prefix: &str) -> Vec<u8> {
+    let mut end = prefix.as_bytes().to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    // An empty or all-0xff prefix: "to the end of the key space".
+    vec![0]
 }
 
 fn retry_delays() -> ExponentialBackoff {

@@ -189,6 +189,42 @@ impl Etcd {
         );
     }
 
+    /// Writes raw key/values (any bytes) through etcd's v3 JSON gateway, batched into
+    /// transactions of at most 100 puts and about 1 MiB (etcd refuses requests above 1.5 MiB):
+    /// much faster than one `etcdctl` per key, and able to write what etcdctl's arguments
+    /// cannot carry.
+    pub async fn put_raw(&self, kvs: &[(Vec<u8>, Vec<u8>)]) {
+        use base64::Engine as _;
+        let b64 = |d: &[u8]| base64::engine::general_purpose::STANDARD.encode(d);
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .expect("http client");
+        let mut batches: Vec<&[(Vec<u8>, Vec<u8>)]> = Vec::new();
+        let (mut start, mut bytes) = (0, 0);
+        for (i, (k, v)) in kvs.iter().enumerate() {
+            if i > start && (i - start == 100 || bytes + k.len() + v.len() > 1 << 20) {
+                batches.push(&kvs[start..i]);
+                (start, bytes) = (i, 0);
+            }
+            bytes += k.len() + v.len();
+        }
+        batches.push(&kvs[start..]);
+        for chunk in batches {
+            let ops: Vec<_> = chunk
+                .iter()
+                .map(|(k, v)| serde_json::json!({"requestPut": {"key": b64(k), "value": b64(v)}}))
+                .collect();
+            let r = client
+                .post(format!("{}/v3/kv/txn", self.endpoint()))
+                .json(&serde_json::json!({ "success": ops }))
+                .send()
+                .await
+                .expect("etcd JSON gateway answers");
+            assert!(r.status().is_success(), "txn failed: {:?}", r.text().await);
+        }
+    }
+
     /// The last lines of etcd's log, for failure messages.
     pub fn log_tail(&self) -> String {
         let mut s = String::new();
