@@ -21,6 +21,10 @@ use crate::stats::{Samples, ms, ms_opt, verdict};
 /// How long to wait for things that normally take well under a second.
 const LIMIT: Duration = Duration::from_secs(20);
 
+/// Range of the random delay before a daemon starts answering, in µs: several of the agent's
+/// pre-answer probe intervals (100 ms), so every phase is sampled.
+const ANSWER_JITTER_US: u64 = 300_000;
+
 /// The settings of the agent benchmarks.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -191,10 +195,10 @@ pub fn steady_state(bins: &Bins, etcd: &Etcd, s: &Settings) -> Result<()> {
         s.warmup
     );
     println!(
-        "| agent with | VmRSS | VmRSS max over window | RssAnon | VmHWM | threads | CPU over {:.0} s | target RSS < 10 MiB | target CPU < 0.5 % |",
+        "| agent with | VmRSS | VmRSS max over window | RssAnon / RssFile | Pss | VmHWM | threads | CPU over {:.0} s | target RSS < 10 MiB | target CPU < 0.5 % |",
         window.as_secs_f64()
     );
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     for (i, (d, n)) in nodes.iter().enumerate() {
         let pid = n.proc.pid();
         let ticks = cpu_ticks(pid)? - start[i];
@@ -202,11 +206,13 @@ pub fn steady_state(bins: &Bins, etcd: &Etcd, s: &Settings) -> Result<()> {
         let rss = status_field(pid, "VmRSS")?;
         let mib = |kib: u64| kib as f64 / 1024.0;
         println!(
-            "| {} | {:.1} MiB | {:.1} MiB | {:.1} MiB | {:.1} MiB | {} | {cpu_pct:.2} % ({ticks} ticks) | {} | {} |",
+            "| {} | {:.1} MiB | {:.1} MiB | {:.1} / {:.1} MiB | {:.1} MiB | {:.1} MiB | {} | {cpu_pct:.2} % ({ticks} ticks) | {} | {} |",
             d.label(),
             mib(rss),
             mib(max_rss[i]),
             mib(status_field(pid, "RssAnon")?),
+            mib(status_field(pid, "RssFile")?),
+            mib(pss_kib(pid)?),
             mib(status_field(pid, "VmHWM")?),
             status_field(pid, "Threads")?,
             verdict(mib(max_rss[i].max(rss)) < 10.0),
@@ -215,6 +221,17 @@ pub fn steady_state(bins: &Bins, etcd: &Etcd, s: &Settings) -> Result<()> {
     }
     let (_, listener) = &nodes[1];
     health_wall_time(bins, listener.health, s.health_runs)
+}
+
+/// Proportional set size (shared pages split between the processes mapping them), in KiB.
+fn pss_kib(pid: i32) -> Result<u64> {
+    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
+        .with_context(|| format!("/proc/{pid}/smaps_rollup"))?;
+    rollup
+        .lines()
+        .find_map(|l| l.strip_prefix("Pss:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .context("Pss missing from smaps_rollup")
 }
 
 /// `peerkeep-agent health` (live and ready probes) against a running agent, interleaved with
@@ -320,8 +337,11 @@ fn answer_to_record(bins: &Bins, etcd: &Etcd, cluster: &str, kind: Daemon) -> Re
     if let Some(f) = &node.fifo {
         f.lines.wait_for("`waiting`", LIMIT, |l| l == "waiting")?;
     }
-    // Let the agent settle into its pre-answer probing (etcd connected, view loaded).
-    std::thread::sleep(Duration::from_millis(500));
+    // Let the agent settle into its pre-answer probing (etcd connected, view loaded), then
+    // wait a random extra time: the agent probes on a fixed tick from its start, and a fixed
+    // delay here would always hit the same phase of that tick.
+    let jitter = Duration::from_micros(rand::random_range(0..ANSWER_JITTER_US));
+    std::thread::sleep(Duration::from_millis(500) + jitter);
     std::fs::write(node.dir.path().join("go"), "").context("go file")?;
     let answered = match &node.fifo {
         Some(f) => {

@@ -51,6 +51,10 @@ impl Bins {
                 .map(Path::to_path_buf)
                 .ok_or_else(|| anyhow!("{} has no parent directory", me.display()))?,
         };
+        // Absolute: the processes under test run in their own working directories.
+        let dir = dir
+            .canonicalize()
+            .with_context(|| format!("binary directory {}", dir.display()))?;
         let tini = if tini.contains('/') {
             PathBuf::from(tini)
         } else {
