@@ -92,10 +92,10 @@ pub struct RunArgs {
     #[command(flatten)]
     pub adapter: AdapterArgs,
 
-    /// This node's id in the cluster. Default: the host name (the container id under Docker,
-    /// so scaled replicas differ).
-    #[arg(long, env = "PEERKEEP_NODE_ID", help_heading = "Node")]
-    pub node_id: Option<NodeId>,
+    /// This node's id in the cluster. Default (also when empty): the host name (the container
+    /// id under Docker, so scaled replicas differ).
+    #[arg(long, env = "PEERKEEP_NODE_ID", value_parser = parse_node_id_or_empty, help_heading = "Node")]
+    pub node_id: Option<String>,
 
     /// A published endpoint, NAME=HOST:PORT or NAME=:PORT, repeatable. An empty host means the advertised
     /// address for p2p and the private address for any other name. The agent adds `health`.
@@ -238,6 +238,27 @@ pub struct ResolveArgs {
     /// Accept loopback addresses (for tests and single-host demos).
     #[arg(long, env = "PEERKEEP_ALLOW_LOOPBACK", action = clap::ArgAction::SetTrue, value_parser = clap::builder::BoolishValueParser::new())]
     pub allow_loopback: bool,
+}
+
+/// A valid node id, or empty (compose files often set `PEERKEEP_NODE_ID: ${VAR:-}`): empty
+/// means "use the default", like an unset variable.
+fn parse_node_id_or_empty(s: &str) -> Result<String, String> {
+    if s.is_empty() {
+        return Ok(String::new());
+    }
+    s.parse::<NodeId>()
+        .map(|id| id.to_string())
+        .map_err(|e| e.to_string())
+}
+
+impl RunArgs {
+    /// `--node-id`, unless absent or empty.
+    pub fn node_id(&self) -> Option<NodeId> {
+        self.node_id
+            .as_deref()
+            .filter(|s| !s.is_empty())
+            .and_then(|s| s.parse().ok())
+    }
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {

@@ -416,3 +416,23 @@ fn a_taken_health_port_fails_the_start_with_exit_1_before_the_daemon_runs() {
         "daemon started without health checks"
     );
 }
+
+#[test]
+fn node_id_defaults_to_the_host_name() {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").expect("host name");
+    let host = host.trim();
+    let etcd = Etcd::start();
+    let daemon = sh("exec sleep 600");
+    // An empty variable counts as unset, so the default applies.
+    let agent = AgentProc::start_from_env(
+        &etcd.endpoint(),
+        host,
+        &[("PEERKEEP_NODE_ID", "")],
+        &strs(&daemon),
+    );
+    let rec = eventually(DEADLINE, "registered under the host name", || {
+        record(&etcd, host)
+    });
+    assert_eq!(rec["id"], host);
+    assert_eq!(agent.status().expect("/status")["node_id"], host);
+}

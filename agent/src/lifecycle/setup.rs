@@ -74,7 +74,7 @@ pub async fn run(args: RunArgs) -> Result<i32, RunError> {
     let requests = sup.shutdown_requests();
 
     check_flags(&args)?;
-    let id = node_id(args.node_id.clone())?;
+    let id = node_id(args.node_id())?;
     let policy = args.etcd.policy();
     let keyspace = args.etcd.keyspace()?;
     let etcd_options = args.etcd.options()?;
