@@ -106,6 +106,7 @@ fn describe(r: &Resolution) -> AddressStatus {
 pub fn imds_endpoint(args: &AddressArgs) -> String {
     args.imds_endpoint
         .clone()
+        .filter(|v| !v.trim().is_empty())
         .or_else(|| {
             std::env::var("AWS_EC2_METADATA_SERVICE_ENDPOINT")
                 .ok()
