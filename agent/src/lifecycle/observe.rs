@@ -134,6 +134,16 @@ impl Agent {
         if drain != was {
             tracing::info!(drain_requested = drain, "operator drain key changed");
         }
+        // The registration counts its own etcd failures; a broken watch is counted here, once
+        // per outage. The view itself is kept: an outage never looks like "no peers".
+        let was_stale = self.status.borrow().view.stale_secs.is_some();
+        if snap.stale_since.is_some() && !was_stale {
+            self.metrics.etcd_errors.inc();
+            tracing::warn!(
+                revision = snap.revision,
+                "membership watch broken; keeping the last view"
+            );
+        }
         self.status.send_modify(|s| {
             s.drain_requested = drain;
             s.view.revision = snap.revision;
