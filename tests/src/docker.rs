@@ -15,6 +15,7 @@
 //! the project's, or sleep instead of waiting for a condition ([`poll`]).
 
 use std::collections::BTreeMap;
+use std::hash::Hasher;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -221,7 +222,8 @@ pub fn ensure_images() {
     let _ = std::fs::write(&stamp_path, stamp(&image_ids()));
 }
 
-/// Size and modification time of every binary and every file under `images/`.
+/// A hash of the content of every binary and every file under `images/` (content, not
+/// modification times: a relink that produces the same binary needs no new image).
 fn image_inputs(bin_dir: &Path) -> String {
     let mut files: Vec<PathBuf> = IMAGE_BINARIES.iter().map(|b| bin_dir.join(b)).collect();
     let mut dirs = vec![repo_dir().join("images")];
@@ -242,13 +244,10 @@ fn image_inputs(bin_dir: &Path) -> String {
     files
         .iter()
         .map(|f| {
-            let meta = std::fs::metadata(f).ok();
-            let len = meta.as_ref().map_or(0, |m| m.len());
-            let mtime = meta
-                .and_then(|m| m.modified().ok())
-                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                .map_or(0, |d| d.as_nanos());
-            format!("{} {len} {mtime}", f.display())
+            let mut h = std::hash::DefaultHasher::new();
+            let content = std::fs::read(f).unwrap_or_default();
+            h.write(&content);
+            format!("{} {} {:016x}", f.display(), content.len(), h.finish())
         })
         .collect::<Vec<_>>()
         .join("\n")
