@@ -109,3 +109,33 @@ fn shutdown_with_a_hung_etcd_still_stops_the_daemon_in_bounded_time() {
     // Draining confirmation (≤ 1 s) + drain delay + revoke (≤ 2 s) + the stop itself.
     assert!(took < Duration::from_secs(6), "shutdown took {took:?}");
 }
+
+#[test]
+fn a_node_that_never_reached_etcd_skips_the_drain_delay() {
+    let mut etcd = Etcd::start();
+    etcd.stop();
+    let daemon = sh("exec sleep 600");
+    let mut agent = AgentProc::start(
+        &etcd.endpoint(),
+        "n-never",
+        &["--drain-delay", "30s"],
+        &strs(&daemon),
+    );
+    eventually(DEADLINE, "daemon started", || agent.daemon_pid());
+    eventually(DEADLINE, "registration attempted", || {
+        agent
+            .status()
+            .filter(|s| s["registration"] == "unregistered" && s["lease_id"].is_null())
+            .filter(|s| s["daemon"]["answered"] == true)
+            .map(|_| ())
+    });
+    let started = Instant::now();
+    agent.signal(nix::sys::signal::Signal::SIGTERM);
+    let status = agent.wait_exit(DEADLINE);
+    assert_eq!(status.code(), Some(143), "log:\n{}", agent.log());
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "waited for a drain nobody needed: {:?}",
+        started.elapsed()
+    );
+}

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use peerkeep_registry::NodeState;
+use peerkeep_registry::registration::RegistrationState;
 use peerkeep_supervise::ExitStatus;
 
 use super::{Agent, Phase, REVOKE_TIMEOUT, SWEEP_GRACE};
@@ -26,7 +27,12 @@ impl Agent {
         // Readiness false first: /readyz fails from this moment on.
         self.publish_status();
 
-        if let Some(reg) = &self.registration {
+        // A node that never got into etcd is in no load balancer: nothing to drain.
+        let ever_registered = self
+            .registration
+            .as_ref()
+            .is_some_and(|r| r.status().state != RegistrationState::Unregistered);
+        if let Some(reg) = self.registration.as_ref().filter(|_| ever_registered) {
             let generation = reg.set_state(NodeState::Draining);
             self.published_state = Some(NodeState::Draining);
             self.publish_status();
