@@ -1190,3 +1190,196 @@ impl DemoStack {
             .sum()
     }
 }
+
+/// A single-node swarm this test created (`docker swarm init` on loopback). Dropping it runs
+/// `docker swarm leave --force`.
+#[derive(Debug)]
+pub struct Swarm {
+    _private: (),
+}
+
+impl Swarm {
+    /// Makes this engine a single-node swarm manager, or says why that can't be done here. An
+    /// engine that is in a swarm already is not ours to change: that is a reason too.
+    pub fn init() -> Result<Self, String> {
+        let state = docker_ok(&["info", "--format", "{{.Swarm.LocalNodeState}}"], SHORT);
+        if state.trim() != "inactive" {
+            return Err(format!(
+                "the engine is already in a swarm (state {}): not ours to init or leave",
+                state.trim()
+            ));
+        }
+        // Loopback only: the swarm's control and data ports are not reachable from outside.
+        let port = free_port_range(1);
+        let out = docker(
+            &[
+                "swarm",
+                "init",
+                "--advertise-addr",
+                "127.0.0.1",
+                "--listen-addr",
+                &format!("127.0.0.1:{port}"),
+            ],
+            Duration::from_secs(60),
+        );
+        if !out.ok {
+            // It may have half-happened; leaving a non-swarm engine is harmless.
+            let _ = docker(&["swarm", "leave", "--force"], Duration::from_secs(60));
+            return Err(format!("docker swarm init failed: {}", out.stderr.trim()));
+        }
+        Ok(Self { _private: () })
+    }
+
+    /// Checks that an attachable overlay network can be created and a container started on it
+    /// (VXLAN in the kernel, the engine's overlay driver); why not, if not.
+    pub fn preflight_overlay(&self, image: &str) -> Result<(), String> {
+        let net = format!("pk-e2e-preflight-{}", std::process::id());
+        let out = docker(
+            &[
+                "network",
+                "create",
+                "--driver",
+                "overlay",
+                "--attachable",
+                &net,
+            ],
+            Duration::from_secs(60),
+        );
+        if !out.ok {
+            return Err(format!(
+                "cannot create an overlay network: {}",
+                out.stderr.trim()
+            ));
+        }
+        let run = docker(
+            &[
+                "run",
+                "--rm",
+                "--network",
+                &net,
+                "--entrypoint",
+                "true",
+                image,
+            ],
+            Duration::from_secs(60),
+        );
+        let _ = docker(&["network", "rm", &net], Duration::from_secs(60));
+        if run.ok {
+            Ok(())
+        } else {
+            Err(format!(
+                "a container cannot join an overlay network: {}",
+                run.stderr.trim()
+            ))
+        }
+    }
+}
+
+impl Drop for Swarm {
+    fn drop(&mut self) {
+        let out = docker(&["swarm", "leave", "--force"], Duration::from_secs(120));
+        if !out.ok {
+            eprintln!("cleanup: docker swarm leave --force failed: {}", out.stderr);
+        }
+    }
+}
+
+/// A `docker stack deploy`ed stack. Dropping it runs `docker stack rm`, waits for its
+/// containers to go, and removes its volumes and networks.
+#[derive(Debug)]
+pub struct SwarmStack {
+    /// The stack name (prefix of its services, networks and volumes).
+    pub name: String,
+    env: Vec<(String, String)>,
+}
+
+impl SwarmStack {
+    /// Deploys `file` (relative to the repository) as a stack named from `tag` and the process
+    /// id, with `env` for the file's variables; images are used as they are locally.
+    pub fn deploy(tag: &str, file: &str, env: Vec<(String, String)>) -> Self {
+        let mut all_env = vec![("PEERKEEP_IMAGE_TAG".to_owned(), IMAGE_TAG.to_owned())];
+        all_env.extend(env);
+        let stack = Self {
+            name: format!("pk-e2e-{tag}-{}", std::process::id()),
+            env: all_env,
+        };
+        let mut cmd = Command::new("docker");
+        cmd.current_dir(repo_dir())
+            .args([
+                "stack",
+                "deploy",
+                "--resolve-image",
+                "never",
+                "--compose-file",
+            ])
+            .args([file, &stack.name]);
+        for (k, v) in &stack.env {
+            cmd.env(k, v);
+        }
+        run_ok(&mut cmd, Duration::from_secs(120));
+        stack
+    }
+
+    /// The stack's containers (running or not).
+    pub fn containers(&self) -> Vec<ContainerInfo> {
+        let label = format!("label=com.docker.stack.namespace={}", self.name);
+        let ids: Vec<String> =
+            docker_ok(&["ps", "-a", "-q", "--no-trunc", "--filter", &label], SHORT)
+                .split_whitespace()
+                .map(str::to_owned)
+                .collect();
+        inspect(&ids)
+            .into_iter()
+            .map(|mut c| {
+                // Swarm labels the service, not compose.
+                c.service = self.service_of(&c.id);
+                c
+            })
+            .collect()
+    }
+
+    fn service_of(&self, id: &str) -> String {
+        let out = docker(
+            &[
+                "inspect",
+                "--format",
+                "{{index .Config.Labels \"com.docker.swarm.service.name\"}}",
+                id,
+            ],
+            SHORT,
+        );
+        let full = out.stdout.trim();
+        full.strip_prefix(&format!("{}_", self.name))
+            .unwrap_or(full)
+            .to_owned()
+    }
+
+    /// The running containers of `service`.
+    pub fn running(&self, service: &str) -> Vec<ContainerInfo> {
+        self.containers()
+            .into_iter()
+            .filter(|c| c.service == service && c.status == "running")
+            .collect()
+    }
+}
+
+impl Drop for SwarmStack {
+    fn drop(&mut self) {
+        let _ = docker(&["stack", "rm", &self.name], Duration::from_secs(60));
+        let label = format!("label=com.docker.stack.namespace={}", self.name);
+        let end = Instant::now() + Duration::from_secs(90);
+        while Instant::now() < end {
+            let left = docker(&["ps", "-a", "-q", "--filter", &label], SHORT);
+            if left.ok && left.stdout.trim().is_empty() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        for kind in ["volume", "network"] {
+            let ids = docker(&[kind, "ls", "-q", "--filter", &label], SHORT);
+            for id in ids.stdout.split_whitespace() {
+                let _ = docker(&[kind, "rm", id], SHORT);
+            }
+        }
+    }
+}

@@ -822,8 +822,10 @@ fn heavy_e2e_litecoind_peers_without_static_list_blocks_reach_all_rolling_restar
             peerkeep_tests::docker::free_subnet(),
         )],
     );
+    let t = Instant::now();
     project.up(&[("node", 4)], Duration::from_secs(4 * 60));
-    let up = project.wait_healthy(5, Duration::from_secs(150));
+    project.wait_healthy(5, Duration::from_secs(150));
+    let up = t.elapsed();
     let ids = project.ids(Some("node"));
     assert_eq!(ids.len(), 4);
 
@@ -886,4 +888,149 @@ fn heavy_e2e_litecoind_peers_without_static_list_blocks_reach_all_rolling_restar
         secs(slowest),
         ids.len()
     );
+}
+
+/// Waits until the swarm stack's registry holds exactly its running node tasks (producer and
+/// `node` replicas), all ready; their ids.
+fn swarm_registry_matches(
+    stack: &peerkeep_tests::docker::SwarmStack,
+    deadline: Duration,
+) -> BTreeSet<String> {
+    poll(
+        deadline,
+        "`peerkeep ls` = the running tasks, all ready",
+        || {
+            let lb = stack
+                .running("lb")
+                .into_iter()
+                .next()
+                .ok_or("no running lb task")?;
+            let mut want: BTreeSet<String> = BTreeSet::new();
+            for service in ["producer", "node"] {
+                for c in stack.running(service) {
+                    if c.health != "healthy" {
+                        return Err(format!("{} is {}", c.name, c.health));
+                    }
+                    want.insert(c.node_id());
+                }
+            }
+            let recs = registry_ls(&lb.id)?;
+            let have: BTreeSet<String> = recs.keys().cloned().collect();
+            if have != want {
+                return Err(format!("registry {have:?} != running {want:?}"));
+            }
+            match recs.values().find(|r| r.state != "ready") {
+                Some(r) => Err(format!("{} is {}", r.id, r.state)),
+                None => Ok(have),
+            }
+        },
+    )
+}
+
+/// Scenario 8: the Swarm stack on a single-node swarm: 6 node replicas healthy, the lb serves,
+/// `docker service update --force` (a rolling update) with no failed request.
+#[test]
+fn heavy_e2e_swarm_six_replicas_healthy_lb_serves_rolling_update_no_failed_request() {
+    const TEST: &str =
+        "heavy_e2e_swarm_six_replicas_healthy_lb_serves_rolling_update_no_failed_request";
+    const REPLICAS: usize = 6;
+    if !docker_available(TEST) {
+        return;
+    }
+    ensure_images();
+    let started = Instant::now();
+    let swarm = match peerkeep_tests::docker::Swarm::init() {
+        Ok(s) => s,
+        Err(why) => {
+            eprintln!("SKIPPED {TEST}: {why}");
+            return;
+        }
+    };
+    if let Err(why) = swarm.preflight_overlay(&format!(
+        "peerkeep/etcd:{}",
+        peerkeep_tests::docker::IMAGE_TAG
+    )) {
+        eprintln!("SKIPPED {TEST}: overlay networking is unavailable here: {why}");
+        return;
+    }
+    let lb_port = peerkeep_tests::docker::free_port_range(2);
+    let stack = peerkeep_tests::docker::SwarmStack::deploy(
+        "swarm",
+        "compose/stack.yml",
+        vec![
+            ("PEERKEEP_LB_PORT".to_owned(), lb_port.to_string()),
+            (
+                "PEERKEEP_LB_METRICS_PORT".to_owned(),
+                (lb_port + 1).to_string(),
+            ),
+            (
+                "PEERKEEP_SWARM_DATA_SUBNET".to_owned(),
+                peerkeep_tests::docker::free_subnet(),
+            ),
+            ("PEERKEEP_NODES".to_owned(), REPLICAS.to_string()),
+        ],
+    );
+    let t = Instant::now();
+    let ids = swarm_registry_matches(&stack, Duration::from_secs(150));
+    let up = t.elapsed();
+    assert_eq!(
+        ids.len(),
+        REPLICAS + 1,
+        "producer + {REPLICAS} nodes: {ids:?}"
+    );
+    let lb_addr = std::net::SocketAddr::from(([127, 0, 0, 1], lb_port));
+    poll(
+        Duration::from_secs(30),
+        "a GET through the lb",
+        || match peerkeep_tests::docker::http_get(lb_addr, "/ledger", Duration::from_secs(5))? {
+            (200, _) => Ok(()),
+            (code, _) => Err(format!("HTTP {code}")),
+        },
+    );
+    let lb = stack.running("lb").remove(0).id;
+    let reloads_before = haproxy_reloads(&lb).expect("show proc");
+    let load = LoadGen::start(lb_port, "/ledger", LOAD_WORKERS, LOAD_INTERVAL);
+    load.wait_sent(50, Duration::from_secs(30));
+
+    // The rolling update: every node task replaced, one at a time (the stack's update_config).
+    let before: BTreeSet<String> = stack.running("node").into_iter().map(|c| c.id).collect();
+    let t = Instant::now();
+    peerkeep_tests::docker::run_ok(
+        std::process::Command::new("docker").args([
+            "service",
+            "update",
+            "--force",
+            "--detach=false",
+            "--quiet",
+            &format!("{}_node", stack.name),
+        ]),
+        Duration::from_secs(4 * 60),
+    );
+    let updated = t.elapsed();
+    let after: BTreeSet<String> = stack.running("node").into_iter().map(|c| c.id).collect();
+    assert!(
+        before.is_disjoint(&after),
+        "tasks not replaced: {:?}",
+        before.intersection(&after).collect::<Vec<_>>()
+    );
+    let ids_after = swarm_registry_matches(&stack, Duration::from_secs(90));
+    assert_eq!(ids_after, ids, "the same node ids after the update");
+    let settled = t.elapsed();
+    load.wait_sent(100, Duration::from_secs(30));
+    let stats = load.stop();
+    let reloads = haproxy_reloads(&lb).expect("show proc") - reloads_before;
+    report(
+        TEST,
+        started,
+        &stats,
+        &[
+            ("deploy_to_ready", secs(up)),
+            ("service_update", secs(updated)),
+            ("update_settled", secs(settled)),
+            ("reloads", reloads.to_string()),
+        ],
+    );
+    assert_no_failed(&stats);
+    drop(stack);
+    drop(swarm);
 }
