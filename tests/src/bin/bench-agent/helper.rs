@@ -33,7 +33,8 @@ pub enum Helper {
         fifo: PathBuf,
     },
     /// Optionally waits for a file to appear, then listens on a loopback TCP port (a daemon
-    /// whose p2p port starts answering at a known instant); exits 0 on TERM/INT.
+    /// whose p2p port starts answering at a known instant), reporting `waiting`, `listening`
+    /// and `accepted` for every connection; exits 0 on TERM/INT.
     Listen {
         /// Port on 127.0.0.1.
         #[arg(long)]
@@ -145,11 +146,23 @@ fn listen(port: u16, go: Option<&Path>, fifo: Option<&Path>) -> Result<()> {
         note(out, "listening")?;
     }
     // The thread inherits the blocked mask, so TERM still reaches the sigwait below. Each
-    // accepted connection is closed at once (the agent's probe only connects).
+    // accepted connection is reported (`accepted`) and closed at once: the agent's probe only
+    // connects.
+    let mut accepted = out
+        .as_ref()
+        .map(File::try_clone)
+        .transpose()
+        .context("duplicating the FIFO")?;
     std::thread::spawn(move || {
         for conn in listener.incoming() {
-            if conn.is_err() {
-                std::thread::sleep(Duration::from_millis(10));
+            match conn {
+                Ok(_) => {
+                    if let Some(out) = accepted.as_mut() {
+                        // The reader may be gone (benchmark over); only the report is lost.
+                        let _ = note(out, "accepted");
+                    }
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(10)),
             }
         }
     });
