@@ -83,6 +83,9 @@ struct Args {
     /// Print the results only; leave the document alone.
     #[arg(long)]
     no_doc: bool,
+    /// While waiting, print once a second how many nodes are below or above their bounds.
+    #[arg(long, short)]
+    verbose: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -192,6 +195,7 @@ async fn bench(args: Args) -> anyhow::Result<()> {
                     etcd_url: etcd.endpoint(),
                     cluster: format!("bench-{}-n{n}-r{run}", short(policy)),
                     lease_ttl: args.lease_ttl.clone(),
+                    verbose: args.verbose,
                 };
                 let result = scenario::run(&cfg, &http, &registry).await?;
                 eprintln!("{}", progress(&cfg, run + 1, args.runs, &result));
@@ -245,6 +249,9 @@ fn progress(cfg: &RunConfig, run: usize, runs: usize, r: &scenario::RunResult) -
             .map_or("–".to_owned(), |(lo, hi)| format!("{lo}–{hi}")),
         t(r.recovery),
     );
+    if let Some(p) = &r.problem {
+        line.push_str(&format!("\n    {p}"));
+    }
     if let Some(i) = r.idle {
         line.push_str(&format!(
             ", idle: {:.0} connects/node/h, agent CPU {:.2} %/node",

@@ -83,6 +83,47 @@ pub fn within(
     range.or(Some((0, 0)))
 }
 
+/// How a sweep stands against `bounds`: nodes answering, below the minimum, above the maximum.
+pub fn tally(
+    sweep: &[Option<Vec<String>>],
+    live: &BTreeSet<String>,
+    bounds: Bounds,
+) -> (usize, usize, usize) {
+    let answering: Vec<&Vec<String>> = sweep.iter().flatten().collect();
+    let below = answering
+        .iter()
+        .filter(|ps| ps.iter().filter(|p| live.contains(*p)).count() < bounds.min_live)
+        .count();
+    let above = answering
+        .iter()
+        .filter(|ps| bounds.max_total.is_some_and(|m| ps.len() > m))
+        .count();
+    (answering.len(), below, above)
+}
+
+/// Which targets a sweep finds outside `bounds`, for the report of a run that timed out.
+pub fn outliers(
+    targets: &[Target],
+    sweep: &[Option<Vec<String>>],
+    live: &BTreeSet<String>,
+    bounds: Bounds,
+) -> String {
+    let out: Vec<String> = targets
+        .iter()
+        .zip(sweep)
+        .filter_map(|(t, peers)| {
+            let Some(peers) = peers else {
+                return Some(format!("{}: no answer", t.id));
+            };
+            let live_count = peers.iter().filter(|p| live.contains(*p)).count();
+            let over = bounds.max_total.is_some_and(|m| peers.len() > m);
+            (live_count < bounds.min_live || over)
+                .then(|| format!("{}: {} peers, {live_count} live", t.id, peers.len()))
+        })
+        .collect();
+    out.join("; ")
+}
+
 /// One Prometheus sample (exact series name, no labels) from an agent's `/metrics`.
 pub async fn metric(http: &reqwest::Client, health: SocketAddr, name: &str) -> Option<f64> {
     let resp = http

@@ -222,6 +222,7 @@ mod tests {
             degrees: conv.map(|_| (3, 6)),
             recovery: rec.map(Duration::from_millis),
             idle: None,
+            problem: None,
         }
     }
 

@@ -72,6 +72,8 @@ pub struct RunConfig {
     pub cluster: String,
     /// The agents' `--lease-ttl`.
     pub lease_ttl: String,
+    /// Print how the fleet stands once a second while waiting.
+    pub verbose: bool,
 }
 
 /// The idle measurement.
@@ -95,6 +97,8 @@ pub struct RunResult {
     pub recovery: Option<Duration>,
     /// The idle cost, when measured.
     pub idle: Option<IdleResult>,
+    /// Why a measurement timed out: the nodes still outside the bounds.
+    pub problem: Option<String>,
 }
 
 /// Idle cost of a converged fleet.
@@ -204,15 +208,27 @@ pub async fn run(
     };
     let targets = fleet.targets();
     let live: BTreeSet<String> = targets.iter().map(|t| t.id.clone()).collect();
-    let Some((took, degrees)) =
-        wait_within(http, &targets, &live, bounds, started, cfg.timeout).await
-    else {
-        return Ok(RunResult {
-            convergence: None,
-            degrees: None,
-            recovery: None,
-            idle: None,
-        });
+    let (took, degrees) = match wait_within(
+        http,
+        &targets,
+        &live,
+        bounds,
+        started,
+        cfg.timeout,
+        cfg.verbose,
+    )
+    .await
+    {
+        Ok(r) => r,
+        Err(outside) => {
+            return Ok(RunResult {
+                convergence: None,
+                degrees: None,
+                recovery: None,
+                idle: None,
+                problem: Some(format!("not converged: {outside}")),
+            });
+        }
     };
 
     let idle = match cfg.idle {
@@ -224,13 +240,16 @@ pub async fn run(
     Ok(RunResult {
         convergence: Some(took),
         degrees: Some(degrees),
-        recovery,
+        recovery: recovery.as_ref().ok().copied(),
         idle,
+        problem: recovery
+            .err()
+            .map(|outside| format!("not recovered: {outside}")),
     })
 }
 
 /// Sweeps until every target is within `bounds`; returns the time since `since` and the degree
-/// range, or `None` after `timeout`.
+/// range, or after `timeout` the nodes that were still outside.
 async fn wait_within(
     http: &reqwest::Client,
     targets: &[Target],
@@ -238,15 +257,32 @@ async fn wait_within(
     bounds: Bounds,
     since: Instant,
     timeout: Duration,
-) -> Option<(Duration, (usize, usize))> {
+    verbose: bool,
+) -> Result<(Duration, (usize, usize)), String> {
+    let mut last = Vec::new();
+    let mut shown = Duration::ZERO;
     while since.elapsed() < timeout {
-        let sweep = observe::sweep(http, targets).await;
-        if let Some(range) = observe::within(&sweep, live, bounds) {
-            return Some((since.elapsed(), range));
+        last = observe::sweep(http, targets).await;
+        if let Some(range) = observe::within(&last, live, bounds) {
+            return Ok((since.elapsed(), range));
+        }
+        if verbose && since.elapsed() >= shown + Duration::from_secs(1) {
+            shown = since.elapsed();
+            let (answering, below, above) = observe::tally(&last, live, bounds);
+            let outside = if below + above <= 5 {
+                format!(" ({})", observe::outliers(targets, &last, live, bounds))
+            } else {
+                String::new()
+            };
+            eprintln!(
+                "    {:>6.2} s: {answering}/{} answer, {below} below the minimum, {above} above the maximum{outside}",
+                shown.as_secs_f64(),
+                targets.len()
+            );
         }
         tokio::time::sleep(SWEEP_INTERVAL).await;
     }
-    None
+    Err(observe::outliers(targets, &last, live, bounds))
 }
 
 async fn measure_idle(
@@ -309,12 +345,13 @@ async fn measure_idle(
 }
 
 /// Kills `kill_fraction` of the nodes (at random; at least one, at least one survivor) and waits
-/// until every survivor has ≥ K live peers. The clock starts before the first kill.
+/// until every survivor has ≥ K live peers. The clock starts before the first kill. On timeout,
+/// the survivors still short of peers.
 async fn kill_and_recover(
     fleet: &mut Fleet,
     http: &reqwest::Client,
     cfg: &RunConfig,
-) -> Option<Duration> {
+) -> Result<Duration, String> {
     let n = fleet.nodes.len();
     let victims = ((n as f64 * cfg.kill_fraction).round() as usize).clamp(1, n.saturating_sub(1));
     let mut order: Vec<usize> = (0..n).collect();
@@ -342,7 +379,16 @@ async fn kill_and_recover(
         min_live: cfg.k.min(live.len().saturating_sub(1)),
         max_total: None,
     };
-    let result = wait_within(http, &targets, &live, bounds, started, cfg.timeout).await;
+    let result = wait_within(
+        http,
+        &targets,
+        &live,
+        bounds,
+        started,
+        cfg.timeout,
+        cfg.verbose,
+    )
+    .await;
     drop(dead);
     result.map(|(took, _)| took)
 }
