@@ -43,11 +43,33 @@ fn tail(s: &str, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
+/// Waits until the fleet is quiet: no connect in flight and no connect or disconnect counted
+/// during one quiet window of three peer-poll rounds. Returns the counters.
+fn wait_quiet(nodes: &[&FleetNode]) -> Vec<(f64, f64)> {
+    eventually(
+        Duration::from_secs(60),
+        "the fleet stops changing its peers",
+        || {
+            let idle = |nodes: &[&FleetNode]| {
+                nodes
+                    .iter()
+                    .all(|n| n.status().is_some_and(|s| s["keeper"]["in_flight"] == 0))
+            };
+            let before = churn_counters(nodes);
+            if !idle(nodes) {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(1500));
+            (idle(nodes) && churn_counters(nodes) == before).then_some(before)
+        },
+    )
+}
+
 fn counter(n: &FleetNode, name: &str) -> f64 {
     n.metric(name).unwrap_or(f64::NAN)
 }
 
-fn churn_counters(nodes: &[FleetNode]) -> Vec<(f64, f64)> {
+fn churn_counters(nodes: &[&FleetNode]) -> Vec<(f64, f64)> {
     nodes
         .iter()
         .map(|n| {
@@ -158,23 +180,14 @@ fn heavy_peers_etcd_outage_disconnects_nothing() {
     eventually(Duration::from_secs(60), "every node has >= K peers", || {
         all_at_least(&nodes, K)
     });
-    // Converged: wait until no connects are in flight anywhere, then take the counters.
-    eventually(Duration::from_secs(30), "keepers idle", || {
-        nodes
-            .iter()
-            .all(|n| n.status().is_some_and(|s| s["keeper"]["in_flight"] == 0))
-            .then_some(())
-    });
-    let before = churn_counters(&nodes);
+    let all: Vec<&FleetNode> = nodes.iter().collect();
+    let before = wait_quiet(&all);
     let peers_before = adjacency(&nodes).expect("all answer");
     etcd.stop();
     std::thread::sleep(Duration::from_secs(6)); // 3 × TTL with etcd down is the scenario itself.
     let during = adjacency(&nodes).expect("daemons answer while etcd is down");
     assert_eq!(
-        churn_counters(&nodes)
-            .iter()
-            .map(|c| c.1)
-            .collect::<Vec<_>>(),
+        churn_counters(&all).iter().map(|c| c.1).collect::<Vec<_>>(),
         before.iter().map(|c| c.1).collect::<Vec<_>>(),
         "no disconnect while etcd is down"
     );
@@ -200,7 +213,7 @@ fn heavy_peers_etcd_outage_disconnects_nothing() {
     });
     std::thread::sleep(Duration::from_secs(3)); // several poll rounds, to see whether anything moves
     assert_eq!(
-        churn_counters(&nodes),
+        churn_counters(&all),
         before,
         "connect/disconnect counters stay flat"
     );
@@ -265,6 +278,13 @@ fn heavy_peers_node_cut_off_from_etcd_keeps_its_peers() {
             .all(|n| n.peer_ids().is_some_and(|p| p.len() >= K))
             .then_some(())
     });
+    // Its view must hold the whole fleet before the cut: it can only replace dead peers from
+    // what it knew.
+    eventually(
+        Duration::from_secs(30),
+        "the node to cut sees every other node",
+        || (cut.status()?["view"]["other_live"] == nodes.len()).then_some(()),
+    );
     let cut_peers = cut.peer_ids().expect("answers");
     proxy.cut();
     // Its record expires; the others must not disconnect it (a vanished record is no reason).
@@ -285,16 +305,26 @@ fn heavy_peers_node_cut_off_from_etcd_keeps_its_peers() {
     }
     nodes.push(FleetNode::start(&cfg, "c-new1", false));
     nodes.push(FleetNode::start(&cfg, "c-new2", false));
-    eventually(
-        Duration::from_secs(30),
-        "the cut-off node stays at >= K live peers",
-        || {
-            let live: Vec<&str> = nodes.iter().map(|n| n.id.as_str()).collect();
-            cut.peer_ids()
-                .filter(|p| p.iter().filter(|x| live.contains(&x.as_str())).count() >= K)
-                .map(|_| ())
-        },
-    );
+    let recovered = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        eventually(
+            Duration::from_secs(30),
+            "the cut-off node stays at >= K live peers",
+            || {
+                let live: Vec<&str> = nodes.iter().map(|n| n.id.as_str()).collect();
+                cut.peer_ids()
+                    .filter(|p| p.iter().filter(|x| live.contains(&x.as_str())).count() >= K)
+                    .map(|_| ())
+            },
+        )
+    }));
+    if recovered.is_err() {
+        panic!(
+            "cut-off node did not recover: peers {:?}, status {}, log:\n{}",
+            cut.peer_ids(),
+            cut.status().map(|s| s.to_string()).unwrap_or_default(),
+            tail(&cut.log(), 30)
+        );
+    }
     let kept = cut.peer_ids().expect("answers");
     for p in &cut_peers {
         if Some(p) != victim_id.as_ref() {
@@ -304,14 +334,26 @@ fn heavy_peers_node_cut_off_from_etcd_keeps_its_peers() {
             );
         }
     }
-    let before = churn_counters(&nodes);
+    let mut all: Vec<&FleetNode> = nodes.iter().collect();
+    all.push(&cut);
+    let before = wait_quiet(&all);
     proxy.restore();
     eventually(Duration::from_secs(20), "registered again", || {
         let out = etcd.etcdctl(&["get", "/peerkeep/v1/clusters/default/nodes/cut"]);
         (!out.stdout.is_empty()).then_some(())
     });
     std::thread::sleep(Duration::from_secs(3)); // poll rounds after reconnection
-    let after = churn_counters(&nodes);
+    let after = churn_counters(&all);
     let disconnects: f64 = after.iter().zip(&before).map(|(a, b)| a.1 - b.1).sum();
-    assert_eq!(disconnects, 0.0, "reconnection must not churn");
+    let logged: Vec<String> = nodes
+        .iter()
+        .flat_map(|n| {
+            n.log()
+                .lines()
+                .filter(|l| l.contains("keeper::run: disconnect"))
+                .map(|l| format!("{}: {l}", n.id))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert_eq!(disconnects, 0.0, "reconnection must not churn: {logged:#?}");
 }
