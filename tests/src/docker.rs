@@ -295,17 +295,24 @@ pub fn free_port_range(count: u16) -> u16 {
 /// is 10.213.0.0/24, the litecoind stack's 10.213.1.0/24, the Swarm stack's 10.213.8.0/24).
 pub fn free_subnet() -> String {
     let ids = docker_ok(&["network", "ls", "-q"], SHORT);
-    let mut used = String::new();
-    if !ids.trim().is_empty() {
-        let mut args = vec![
-            "network",
-            "inspect",
-            "--format",
-            "{{range .IPAM.Config}}{{.Subnet}} {{end}}",
-        ];
-        args.extend(ids.split_whitespace());
-        used = docker_ok(&args, SHORT);
-    }
+    // One network at a time: a network removed meanwhile (another test's) fails only its own
+    // inspect, and has no subnet to avoid anyway.
+    let used: String = ids
+        .split_whitespace()
+        .map(|id| {
+            docker(
+                &[
+                    "network",
+                    "inspect",
+                    "--format",
+                    "{{range .IPAM.Config}}{{.Subnet}} {{end}}",
+                    id,
+                ],
+                SHORT,
+            )
+            .stdout
+        })
+        .collect();
     for i in 0..200u32 {
         let octet = 32 + (std::process::id() + i * 7) % 200;
         if !used.contains(&format!("10.213.{octet}.")) {
@@ -324,7 +331,7 @@ pub struct ContainerInfo {
     pub name: String,
     /// Host name: the short id for scaled nodes, the agent's default node id.
     pub hostname: String,
-    /// Compose service.
+    /// Compose service (for a Swarm task: its full service name, `<stack>_<service>`).
     pub service: String,
     /// `running`, `exited`, …
     pub status: String,
@@ -347,15 +354,22 @@ impl ContainerInfo {
     }
 }
 
-/// `docker inspect` of `ids`, in the same order.
+/// `docker inspect` of `ids`, in the same order; a container removed meanwhile (Swarm removes
+/// old tasks' containers, compose removes scaled-down ones) is left out.
 pub fn inspect(ids: &[String]) -> Vec<ContainerInfo> {
     if ids.is_empty() {
         return Vec::new();
     }
-    let mut args = vec!["inspect"];
+    let mut args = vec!["inspect", "--type", "container"];
     args.extend(ids.iter().map(String::as_str));
-    let out = docker_ok(&args, SHORT);
-    let doc: Vec<Value> = serde_json::from_str(&out).expect("docker inspect prints JSON");
+    let out = docker(&args, SHORT);
+    // With a missing id, docker still prints the others' JSON and exits 1.
+    let doc: Vec<Value> = serde_json::from_str(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "docker inspect printed no JSON ({e}): {}{}",
+            out.stdout, out.stderr
+        )
+    });
     doc.iter()
         .map(|c| {
             let addresses = c["NetworkSettings"]["Networks"]
@@ -387,6 +401,7 @@ pub fn inspect(ids: &[String]) -> Vec<ContainerInfo> {
                     .to_owned(),
                 service: c["Config"]["Labels"]["com.docker.compose.service"]
                     .as_str()
+                    .or_else(|| c["Config"]["Labels"]["com.docker.swarm.service.name"].as_str())
                     .unwrap_or_default()
                     .to_owned(),
                 status: c["State"]["Status"].as_str().unwrap_or_default().to_owned(),
@@ -1195,7 +1210,8 @@ impl DemoStack {
 /// `docker swarm leave --force`.
 #[derive(Debug)]
 pub struct Swarm {
-    _private: (),
+    /// `swarm init` created the `docker_gwbridge` network (it outlives `swarm leave`).
+    created_gwbridge: bool,
 }
 
 impl Swarm {
@@ -1209,6 +1225,7 @@ impl Swarm {
                 state.trim()
             ));
         }
+        let had_gwbridge = docker(&["network", "inspect", "docker_gwbridge"], SHORT).ok;
         // Loopback only: the swarm's control and data ports are not reachable from outside.
         let port = free_port_range(1);
         let out = docker(
@@ -1227,7 +1244,9 @@ impl Swarm {
             let _ = docker(&["swarm", "leave", "--force"], Duration::from_secs(60));
             return Err(format!("docker swarm init failed: {}", out.stderr.trim()));
         }
-        Ok(Self { _private: () })
+        Ok(Self {
+            created_gwbridge: !had_gwbridge,
+        })
     }
 
     /// Checks that an attachable overlay network can be created and a container started on it
@@ -1281,6 +1300,9 @@ impl Drop for Swarm {
         if !out.ok {
             eprintln!("cleanup: docker swarm leave --force failed: {}", out.stderr);
         }
+        if self.created_gwbridge {
+            let _ = docker(&["network", "rm", "docker_gwbridge"], SHORT);
+        }
     }
 }
 
@@ -1320,7 +1342,7 @@ impl SwarmStack {
         stack
     }
 
-    /// The stack's containers (running or not).
+    /// The stack's containers (running or not); `service` without the stack prefix.
     pub fn containers(&self) -> Vec<ContainerInfo> {
         let label = format!("label=com.docker.stack.namespace={}", self.name);
         let ids: Vec<String> =
@@ -1328,30 +1350,16 @@ impl SwarmStack {
                 .split_whitespace()
                 .map(str::to_owned)
                 .collect();
+        let prefix = format!("{}_", self.name);
         inspect(&ids)
             .into_iter()
             .map(|mut c| {
-                // Swarm labels the service, not compose.
-                c.service = self.service_of(&c.id);
+                if let Some(s) = c.service.strip_prefix(&prefix) {
+                    c.service = s.to_owned();
+                }
                 c
             })
             .collect()
-    }
-
-    fn service_of(&self, id: &str) -> String {
-        let out = docker(
-            &[
-                "inspect",
-                "--format",
-                "{{index .Config.Labels \"com.docker.swarm.service.name\"}}",
-                id,
-            ],
-            SHORT,
-        );
-        let full = out.stdout.trim();
-        full.strip_prefix(&format!("{}_", self.name))
-            .unwrap_or(full)
-            .to_owned()
     }
 
     /// The running containers of `service`.
