@@ -11,6 +11,7 @@
 //! skipped with a message, except under `CI=true`, where that is a failure.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
 use std::net::SocketAddr;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -172,5 +173,35 @@ fn heavy_e2e_demo_smoke() {
             .map(|(n, d)| format!("{n} {:.1}s", d.as_secs_f64()))
             .collect::<Vec<_>>()
             .join(", ")
+    );
+}
+
+/// Every `${VARIABLE}` the compose files read is documented in docs/compose.md, so the settings
+/// table can't drift from the files. (No Docker needed.)
+#[test]
+fn compose_settings_are_documented() {
+    let repo = repo_dir();
+    let docs = fs::read_to_string(repo.join("docs/compose.md")).expect("docs/compose.md");
+    let mut undocumented = BTreeSet::new();
+    for file in [
+        "docker-compose.yml",
+        "etcd-cluster.yml",
+        "litecoind.yml",
+        "stack.yml",
+    ] {
+        let text = fs::read_to_string(repo.join("compose").join(file)).expect("compose file");
+        for (_, rest) in text.match_indices("${").map(|(i, _)| text.split_at(i + 2)) {
+            let name: String = rest
+                .chars()
+                .take_while(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || *c == '_')
+                .collect();
+            if !name.is_empty() && !docs.contains(&format!("`{name}`")) {
+                undocumented.insert(format!("{name} (compose/{file})"));
+            }
+        }
+    }
+    assert!(
+        undocumented.is_empty(),
+        "settings missing from docs/compose.md: {undocumented:?}"
     );
 }
