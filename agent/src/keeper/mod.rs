@@ -18,5 +18,7 @@ pub mod run;
 pub mod state;
 
 pub use plan::{Action, DisconnectReason, Plan, PlanParams, plan};
-pub use run::{KeeperConfig, KeeperCounters, KeeperStatus, PeerKeeper};
+pub use run::{
+    KeeperConfig, KeeperCounters, KeeperStatus, Observations, PeerKeeper, PeerObservation,
+};
 pub use state::{BackoffPolicy, KeeperState};

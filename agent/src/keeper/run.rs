@@ -1,12 +1,14 @@
 //! `PeerKeeper`: the loop around [`plan`](super::plan::plan).
 //!
-//! It gathers the inputs — the daemon's peer list (polled every `--peer-poll`) and the membership
-//! view (acted on as soon as it changes) — asks the plan, and applies the actions through the
-//! node adapter. Everything it decides is logged with its reason, counted, and published as a
-//! [`KeeperStatus`] for `/status` and readiness.
+//! It gathers the inputs — the daemon's peer list and sync claim, as the agent's probe observes
+//! them every `--peer-poll` ([`PeerObservation`]), and the membership view, acted on as soon as
+//! it changes — asks the plan, and applies the actions through the node adapter. The probe is
+//! the one poller of the daemon, so the daemon is asked for its peers once per round, not once
+//! per consumer. Everything the keeper decides is logged with its reason, counted, and published
+//! as a [`KeeperStatus`] for `/status`.
 //!
-//! What it never does: disconnect because the adapter call failed, because etcd is unreachable,
-//! or because a record vanished. A failed peer listing skips the round.
+//! What it never does: disconnect because the daemon did not answer, because etcd is
+//! unreachable, or because a record vanished. Without a fresh observation it does nothing.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -26,13 +28,23 @@ use crate::adapter::{ConnectOutcome, NodeAdapter, Peer};
 /// How long a connect may stay unconfirmed by a peer listing before it counts as failed.
 pub const DEFAULT_CONNECT_DEADLINE: Duration = Duration::from_secs(10);
 
+/// What the agent's probe saw of the daemon in one round.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PeerObservation {
+    /// The daemon's peers, inbound included.
+    pub peers: Vec<Peer>,
+    /// The daemon's own sync claim, when it makes one.
+    pub synced: Option<bool>,
+}
+
+/// The channel carrying observations: `None` while the daemon does not answer.
+pub type Observations = watch::Receiver<Option<Arc<PeerObservation>>>;
+
 /// The keeper's configuration.
 #[derive(Debug, Clone)]
 pub struct KeeperConfig {
     /// The plan's parameters (own id, K, max, strict).
     pub params: PlanParams,
-    /// `--peer-poll`.
-    pub poll: Duration,
     /// See [`DEFAULT_CONNECT_DEADLINE`].
     pub connect_deadline: Duration,
     /// Backoff after failed connects.
@@ -74,14 +86,15 @@ pub struct KeeperStatus {
     pub candidates: Vec<NodeId>,
     /// Candidates backing off.
     pub backoffs: Vec<BackoffEntry>,
-    /// Why the last peer listing failed, if it did.
-    pub last_error: Option<String>,
+    /// Why the keeper is idle, when it is (the daemon does not answer, nothing observed yet).
+    pub idle_reason: Option<String>,
 }
 
 /// The running keeper.
 #[derive(Debug)]
 pub struct PeerKeeper {
     adapter: Arc<dyn NodeAdapter>,
+    observed: Observations,
     view: watch::Receiver<Arc<MembershipSnapshot>>,
     config: KeeperConfig,
     state: KeeperState,
@@ -90,9 +103,11 @@ pub struct PeerKeeper {
 }
 
 impl PeerKeeper {
-    /// A keeper over `adapter`, acting on `view`. Read its status from the returned receiver.
+    /// A keeper acting through `adapter` on what `observed` and `view` say. Read its status
+    /// from the returned receiver.
     pub fn new(
         adapter: Arc<dyn NodeAdapter>,
+        observed: Observations,
         view: watch::Receiver<Arc<MembershipSnapshot>>,
         config: KeeperConfig,
         counters: KeeperCounters,
@@ -102,6 +117,7 @@ impl PeerKeeper {
         (
             Self {
                 adapter,
+                observed,
                 view,
                 config,
                 state,
@@ -112,46 +128,34 @@ impl PeerKeeper {
         )
     }
 
-    /// Runs until the task is dropped or aborted: a round on every poll tick and on every
+    /// Runs until the task is dropped or aborted: a round on every observation and on every
     /// membership change.
     pub async fn run(mut self) {
-        let mut tick = tokio::time::interval(self.config.poll);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut view_open = true;
-        loop {
+        let (mut observed_open, mut view_open) = (true, true);
+        while observed_open || view_open {
             tokio::select! {
-                _ = tick.tick() => {}
-                r = self.view.changed(), if view_open => {
-                    if r.is_err() {
-                        // The membership task ended; keep acting on the last view.
-                        view_open = false;
-                    }
-                }
+                r = self.observed.changed(), if observed_open => observed_open = r.is_ok(),
+                // When the membership task ends, keep acting on the last view.
+                r = self.view.changed(), if view_open => view_open = r.is_ok(),
             }
             self.round().await;
         }
     }
 
-    /// One round: list peers, plan, act.
+    /// One round on the latest observation and view: plan, act.
     pub async fn round(&mut self) {
-        let peers = match self.adapter.peers().await {
-            Ok(p) => p,
-            Err(e) => {
-                let msg = e.to_string();
-                if self.status.borrow().last_error.as_deref() != Some(msg.as_str()) {
-                    tracing::warn!(error = %msg, "peer listing failed; no peer changes this round");
-                }
-                self.status.send_modify(|s| s.last_error = Some(msg));
-                return;
-            }
+        let Some(observation) = self.observed.borrow_and_update().clone() else {
+            self.status.send_modify(|s| {
+                s.idle_reason = Some("the daemon does not answer (or has not yet)".to_owned());
+            });
+            return;
         };
-        // Only the claim matters here (a syncing daemon needs an outbound link to a ready
-        // node); a daemon that cannot tell is treated as having nothing to ask for.
-        self.state.daemon_synced = self.adapter.sync_status().await.ok().map(|s| s.synced);
+        self.state.daemon_synced = observation.synced;
+        let peers = &observation.peers;
         let view = self.view.borrow_and_update().clone();
         let now = Instant::now();
         let own = &self.config.params.own_id;
-        let connected = connected_ids(&peers, &view, own);
+        let connected = connected_ids(peers, &view, own);
         let expired = self.state.observe(&connected, now, jitter());
         for id in &expired {
             self.counters.connect_failures.inc();
@@ -161,14 +165,14 @@ impl PeerKeeper {
         if view.initialized && view.stale_since.is_none() {
             self.state.retain_known(&known);
         }
-        let mut decision = plan(&peers, &view, &self.config.params, &self.state, now);
+        let mut decision = plan(peers, &view, &self.config.params, &self.state, now);
         if own_draining(&view, own) {
             // A draining node's peers are leaving it; dialing them again would only flap.
             decision
                 .actions
                 .retain(|a| !matches!(a, Action::Connect { .. }));
         }
-        self.apply(&decision.actions, &peers).await;
+        self.apply(&decision.actions, peers).await;
         self.publish(&decision, now);
     }
 
@@ -235,7 +239,7 @@ impl PeerKeeper {
             in_flight: self.state.pending.len(),
             candidates: decision.candidates.iter().take(16).cloned().collect(),
             backoffs,
-            last_error: None,
+            idle_reason: None,
         });
     }
 }
@@ -279,10 +283,9 @@ mod tests {
     use super::*;
     use crate::adapter::{AdapterError, AdapterKind, SyncStatus};
 
-    /// A daemon whose peer list the test sets, recording every call.
+    /// A daemon that records the connects and disconnects asked of it.
     #[derive(Debug, Default)]
     struct FakeDaemon {
-        peers: Mutex<Option<Vec<Peer>>>,
         fail_connects: bool,
         calls: Mutex<Vec<String>>,
     }
@@ -296,15 +299,7 @@ mod tests {
             Ok(())
         }
         async fn peers(&self) -> Result<Vec<Peer>, AdapterError> {
-            self.peers
-                .lock()
-                .expect("lock")
-                .clone()
-                .ok_or(AdapterError::Unreachable {
-                    call: "peers",
-                    endpoint: "fake".into(),
-                    detail: "down".into(),
-                })
+            panic!("the keeper must act on the probe's observations, not list peers itself")
         }
         async fn connect(
             &self,
@@ -333,11 +328,7 @@ mod tests {
             Ok(())
         }
         async fn sync_status(&self) -> Result<SyncStatus, AdapterError> {
-            Err(AdapterError::Unsupported {
-                adapter: "fake",
-                call: "sync_status",
-                why: "test",
-            })
+            panic!("the keeper must take the sync claim from the probe's observations")
         }
     }
 
@@ -357,82 +348,108 @@ mod tests {
         }
     }
 
-    fn keeper(daemon: Arc<FakeDaemon>, states: &[NodeState]) -> (PeerKeeper, KeeperCounters) {
-        let mut records = vec![record("me", 1, NodeState::Ready)];
-        for (i, s) in states.iter().enumerate() {
-            records.push(record(
-                &format!("n{i}"),
-                u8::try_from(i + 2).expect("small"),
-                *s,
-            ));
+    struct Harness {
+        keeper: PeerKeeper,
+        counters: KeeperCounters,
+        observe: watch::Sender<Option<Arc<PeerObservation>>>,
+        view_tx: watch::Sender<Arc<MembershipSnapshot>>,
+    }
+
+    impl Harness {
+        fn new(daemon: Arc<FakeDaemon>, states: &[NodeState]) -> Self {
+            let mut records = vec![record("me", 1, NodeState::Ready)];
+            for (i, s) in states.iter().enumerate() {
+                records.push(record(
+                    &format!("n{i}"),
+                    u8::try_from(i + 2).expect("small"),
+                    *s,
+                ));
+            }
+            let snap = MembershipSnapshot::from_records(records, 1, AddressPolicy::default());
+            let (view_tx, view) = watch::channel(Arc::new(snap));
+            let (observe, observed) = watch::channel(None);
+            let counters = KeeperCounters::default();
+            let config = KeeperConfig {
+                params: PlanParams {
+                    own_id: "me".parse().expect("valid"),
+                    min_peers: 2,
+                    max_peers: 4,
+                    strict_peers: false,
+                },
+                connect_deadline: DEFAULT_CONNECT_DEADLINE,
+                backoff: BackoffPolicy::default(),
+            };
+            let (keeper, _status) =
+                PeerKeeper::new(daemon, observed, view, config, counters.clone());
+            Self {
+                keeper,
+                counters,
+                observe,
+                view_tx,
+            }
         }
-        let snap = MembershipSnapshot::from_records(records, 1, AddressPolicy::default());
-        let (_tx, rx) = watch::channel(Arc::new(snap));
-        let counters = KeeperCounters::default();
-        let config = KeeperConfig {
-            params: PlanParams {
-                own_id: "me".parse().expect("valid"),
-                min_peers: 2,
-                max_peers: 4,
-                strict_peers: false,
-            },
-            poll: Duration::from_secs(1),
-            connect_deadline: DEFAULT_CONNECT_DEADLINE,
-            backoff: BackoffPolicy::default(),
-        };
-        let (k, _status) = PeerKeeper::new(daemon, rx, config, counters.clone());
-        (k, counters)
+
+        fn sees(&self, peers: &[&str]) {
+            let peers = peers
+                .iter()
+                .map(|a| Peer {
+                    addr: a.parse().expect("valid"),
+                    direction: None,
+                    identity: None,
+                })
+                .collect();
+            self.observe.send_replace(Some(Arc::new(PeerObservation {
+                peers,
+                synced: None,
+            })));
+        }
     }
 
     #[tokio::test]
-    async fn failed_listing_changes_nothing() {
+    async fn a_daemon_that_does_not_answer_changes_nothing() {
         let daemon = Arc::new(FakeDaemon::default());
-        let (mut k, counters) = keeper(daemon.clone(), &[NodeState::Ready, NodeState::Draining]);
-        k.round().await;
+        let mut h = Harness::new(daemon.clone(), &[NodeState::Ready, NodeState::Draining]);
+        h.keeper.round().await;
         assert!(daemon.calls.lock().expect("lock").is_empty());
-        assert_eq!(counters.disconnects.get(), 0);
-        assert!(k.status.borrow().last_error.is_some());
+        assert_eq!(h.counters.disconnects.get(), 0);
+        assert!(h.keeper.status.borrow().idle_reason.is_some());
     }
 
     #[tokio::test]
     async fn connects_to_k_then_waits_for_confirmation() {
         let daemon = Arc::new(FakeDaemon::default());
-        *daemon.peers.lock().expect("lock") = Some(Vec::new());
-        let (mut k, counters) = keeper(daemon.clone(), &[NodeState::Ready; 3]);
-        k.round().await;
-        assert_eq!(counters.connects.get(), 2);
+        let mut h = Harness::new(daemon.clone(), &[NodeState::Ready; 3]);
+        h.sees(&[]);
+        h.keeper.round().await;
+        assert_eq!(h.counters.connects.get(), 2);
         // Pending connects count as in flight: a second round issues no more.
-        k.round().await;
-        assert_eq!(counters.connects.get(), 2);
-        assert_eq!(k.status.borrow().in_flight, 2);
+        h.keeper.round().await;
+        assert_eq!(h.counters.connects.get(), 2);
+        assert_eq!(h.keeper.status.borrow().in_flight, 2);
     }
 
     #[tokio::test]
     async fn failed_connects_back_off() {
         let daemon = Arc::new(FakeDaemon {
             fail_connects: true,
-            peers: Mutex::new(Some(Vec::new())),
             ..FakeDaemon::default()
         });
-        let (mut k, counters) = keeper(daemon.clone(), &[NodeState::Ready; 2]);
-        k.round().await;
-        assert_eq!(counters.connect_failures.get(), 2);
-        k.round().await;
-        assert_eq!(counters.connects.get(), 2, "both candidates back off");
-        assert_eq!(k.status.borrow().backoffs.len(), 2);
+        let mut h = Harness::new(daemon.clone(), &[NodeState::Ready; 2]);
+        h.sees(&[]);
+        h.keeper.round().await;
+        assert_eq!(h.counters.connect_failures.get(), 2);
+        h.keeper.round().await;
+        assert_eq!(h.counters.connects.get(), 2, "both candidates back off");
+        assert_eq!(h.keeper.status.borrow().backoffs.len(), 2);
     }
 
     #[tokio::test]
     async fn draining_peer_is_disconnected_and_own_drain_stops_connects() {
         let daemon = Arc::new(FakeDaemon::default());
-        *daemon.peers.lock().expect("lock") = Some(vec![Peer {
-            addr: "10.0.0.3:3000".parse().expect("valid"),
-            direction: None,
-            identity: None,
-        }]);
-        let (mut k, counters) = keeper(daemon.clone(), &[NodeState::Ready, NodeState::Draining]);
-        k.round().await;
-        assert_eq!(counters.disconnects.get(), 1);
+        let mut h = Harness::new(daemon.clone(), &[NodeState::Ready, NodeState::Draining]);
+        h.sees(&["10.0.0.3:3000"]);
+        h.keeper.round().await;
+        assert_eq!(h.counters.disconnects.get(), 1);
         assert!(
             daemon
                 .calls
@@ -441,16 +458,15 @@ mod tests {
                 .contains(&"disconnect 10.0.0.3:3000".to_string())
         );
 
-        let mut snap = (**k.view.borrow()).clone();
+        let mut snap = (**h.keeper.view.borrow()).clone();
         snap.drain_requested.insert("me".parse().expect("valid"));
-        let (_tx, rx) = watch::channel(Arc::new(snap));
-        k.view = rx;
-        *daemon.peers.lock().expect("lock") = Some(Vec::new());
-        k.state = KeeperState::default();
-        let before = counters.connects.get();
-        k.round().await;
+        h.view_tx.send_replace(Arc::new(snap));
+        h.sees(&[]);
+        h.keeper.state = KeeperState::default();
+        let before = h.counters.connects.get();
+        h.keeper.round().await;
         assert_eq!(
-            counters.connects.get(),
+            h.counters.connects.get(),
             before,
             "a draining node dials nobody"
         );

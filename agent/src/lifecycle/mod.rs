@@ -43,6 +43,7 @@ use tokio::sync::{broadcast, watch};
 
 use crate::health::metrics::Metrics;
 use crate::health::status::AgentStatus;
+use crate::keeper::PeerObservation;
 use crate::readiness::{Observation, Readiness, ReadinessParams};
 
 pub use daemon::{DaemonProbe, ProbeReport};
@@ -103,6 +104,9 @@ struct Agent {
     /// message comes after one interval rather than on the very first probe).
     waiting_logged: Instant,
     published_state: Option<NodeState>,
+    /// What each probe saw of the daemon's peers, for the peer keeper (`None` while the daemon
+    /// does not answer).
+    peer_observations: watch::Sender<Option<Arc<PeerObservation>>>,
 }
 
 /// What woke the loop.

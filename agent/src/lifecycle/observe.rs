@@ -1,12 +1,14 @@
 //! Observing: probing the daemon, applying the readiness rule, following the membership view,
 //! and starting the registration on the daemon's first answer.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use peerkeep_registry::registration::Registration;
 
 use super::daemon::{self, DaemonProbe};
 use super::{Agent, RunError};
+use crate::keeper::PeerObservation;
 use crate::readiness;
 
 /// Consecutive failed probes after which a daemon that answered before counts as unreachable
@@ -53,6 +55,13 @@ impl Agent {
                 self.observation.synced = report.synced;
                 self.observation.lag = report.lag;
                 self.observation.peers = report.peers.as_ref().map(Vec::len);
+                self.peer_observations
+                    .send_replace(report.peers.map(|peers| {
+                        Arc::new(PeerObservation {
+                            peers,
+                            synced: report.synced,
+                        })
+                    }));
                 self.status.send_modify(|s| {
                     s.daemon.reachable = true;
                     s.daemon.answered = true;
@@ -60,6 +69,7 @@ impl Agent {
                 });
             }
             Err(e) => {
+                self.peer_observations.send_replace(None);
                 // One slow answer must not pull a serving node out of the load balancer.
                 self.failed_probes = self.failed_probes.saturating_add(1);
                 self.observation.reachable =

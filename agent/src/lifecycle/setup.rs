@@ -25,7 +25,9 @@ use crate::health::metrics::Metrics;
 use crate::health::server;
 use crate::health::status::{AgentStatus, LivenessParams};
 use crate::keeper::run::DEFAULT_CONNECT_DEADLINE;
-use crate::keeper::{BackoffPolicy, KeeperConfig, KeeperCounters, PeerKeeper, PlanParams};
+use crate::keeper::{
+    BackoffPolicy, KeeperConfig, KeeperCounters, Observations, PeerKeeper, PlanParams,
+};
 use crate::readiness::{Observation, Readiness, ReadinessParams};
 
 /// A loop silent this long fails liveness (the loop wakes at least every `--peer-poll`).
@@ -127,6 +129,7 @@ pub async fn run(args: RunArgs) -> Result<i32, RunError> {
     let probe = daemon_probe(&node_adapter, &record_endpoints, addrs.private_ip());
     let (reg_config, reg_info) =
         registration_setup(&args, keyspace, id, instance, record_endpoints);
+    let (peer_observations, observed) = watch::channel(None);
     if node_adapter.kind() != AdapterKind::None {
         let config = keeper_config(&args, &reg_config.id);
         tracing::info!(
@@ -137,6 +140,7 @@ pub async fn run(args: RunArgs) -> Result<i32, RunError> {
         );
         spawn_keeper(
             node_adapter.clone(),
+            observed,
             membership.subscribe(),
             config,
             &metrics,
@@ -169,6 +173,7 @@ pub async fn run(args: RunArgs) -> Result<i32, RunError> {
         failed_probes: 0,
         waiting_logged: std::time::Instant::now(),
         published_state: None,
+        peer_observations,
     };
     let result = agent.run().await;
     drop(membership);
@@ -275,7 +280,6 @@ fn keeper_config(args: &RunArgs, id: &NodeId) -> KeeperConfig {
             max_peers: args.max_peers.unwrap_or(args.min_peers * 2),
             strict_peers: args.strict_peers,
         },
-        poll: args.peer_poll,
         connect_deadline: DEFAULT_CONNECT_DEADLINE,
         backoff: BackoffPolicy::default(),
     }
@@ -299,6 +303,7 @@ fn lifecycle_params(args: &RunArgs) -> LifecycleParams {
 /// draining or stopping node dials nobody. Its status is mirrored into `/status`.
 fn spawn_keeper(
     adapter: Arc<dyn NodeAdapter>,
+    observed: Observations,
     view: watch::Receiver<Arc<peerkeep_registry::MembershipSnapshot>>,
     config: KeeperConfig,
     metrics: &Metrics,
@@ -309,7 +314,7 @@ fn spawn_keeper(
         connect_failures: metrics.peer_connect_failures.clone(),
         disconnects: metrics.peer_disconnects.clone(),
     };
-    let (keeper, mut keeper_status) = PeerKeeper::new(adapter, view, config, counters);
+    let (keeper, mut keeper_status) = PeerKeeper::new(adapter, observed, view, config, counters);
     let mut lifecycle = status.subscribe();
     let status = status.clone();
     tokio::spawn(async move {
