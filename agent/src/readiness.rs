@@ -7,8 +7,16 @@
 //! (at once), or after staying short of peers for `--unready-after`: one peer dropping must not
 //! pull a serving node out of the load balancer. What the adapter cannot tell (`--adapter none`
 //! reports neither peers nor lag) does not count against the node.
+//!
+//! The number of other live records is unknown until the membership view has loaded once
+//! (`other_live: None`). Until then a known peer count cannot meet the requirement — min(K, 0)
+//! would let any node pass with zero peers — and the hysteresis does not apply either: a node
+//! has not been ready against a rule it could not be measured by. Once loaded, the view never
+//! becomes unknown again: an etcd outage keeps the last view and its count.
 
 use std::time::{Duration, Instant};
+
+use peerkeep_registry::{MembershipSnapshot, NodeId};
 
 /// What the agent observed in one round.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,8 +29,9 @@ pub struct Observation {
     pub lag: Option<Duration>,
     /// Peers the daemon reports, inbound included; `None` if not reported.
     pub peers: Option<usize>,
-    /// Live records in the view other than this node.
-    pub other_live: usize,
+    /// Live records in the view other than this node; `None` until the membership view has
+    /// loaded (a stale view keeps its last count).
+    pub other_live: Option<usize>,
 }
 
 /// The thresholds.
@@ -61,6 +70,14 @@ pub fn required_peers(min_peers: usize, other_live: usize) -> usize {
     min_peers.min(other_live)
 }
 
+/// Live records in `view` other than `own`, for [`Observation::other_live`]: `None` until the
+/// view has loaded once; a stale view (etcd away) keeps its last records, hence its count, so
+/// an outage never makes a ready node short of peers.
+pub fn other_live(view: &MembershipSnapshot, own: &NodeId) -> Option<usize> {
+    view.initialized
+        .then(|| view.peerable().filter(|r| &r.id != own).count())
+}
+
 /// Readiness after observing `obs` at `now`, given the previous value.
 pub fn next(prev: Readiness, obs: &Observation, p: &ReadinessParams, now: Instant) -> Readiness {
     let within_lag = match (obs.lag, p.max_lag) {
@@ -71,9 +88,14 @@ pub fn next(prev: Readiness, obs: &Observation, p: &ReadinessParams, now: Instan
     if !obs.reachable || !synced {
         return Readiness::NotReady;
     }
-    let enough_peers = obs
-        .peers
-        .is_none_or(|n| n >= required_peers(p.min_peers, obs.other_live));
+    let enough_peers = match (obs.peers, obs.other_live) {
+        // The adapter cannot tell: the peer rule cannot be applied.
+        (None, _) => true,
+        (Some(n), Some(others)) => n >= required_peers(p.min_peers, others),
+        // How many peers are required is unknown until the view has loaded: no ready, and
+        // no hysteresis for a node that was never measured against the rule.
+        (Some(_), None) => return Readiness::NotReady,
+    };
     match (prev, enough_peers) {
         (_, true) => Readiness::Ready { short_since: None },
         (Readiness::NotReady, false) => Readiness::NotReady,
@@ -107,7 +129,15 @@ mod tests {
             synced: lag.map(|_| true),
             lag: lag.map(Duration::from_secs),
             peers,
-            other_live: others,
+            other_live: Some(others),
+        }
+    }
+
+    /// Like [`obs`], before the membership view has loaded.
+    fn unloaded(peers: Option<usize>) -> Observation {
+        Observation {
+            other_live: None,
+            ..obs(true, Some(0), peers, 0)
         }
     }
 
@@ -139,6 +169,79 @@ mod tests {
         for (name, prev, o, now, want) in rows {
             assert_eq!(next(*prev, o, &P, *now), *want, "{name}");
         }
+    }
+
+    /// Regression: `other_live` used to start at 0 before the view loaded, so min(K, 0) = 0
+    /// peers passed and the hysteresis then kept the node ready with no peers.
+    #[test]
+    fn no_ready_with_zero_peers_before_the_membership_view_loads() {
+        let t0 = Instant::now();
+        let s = |secs: u64| t0 + Duration::from_secs(secs);
+        let ready = Readiness::Ready { short_since: None };
+        let short = Readiness::Ready {
+            short_since: Some(s(5)),
+        };
+        let not = Readiness::NotReady;
+        let adapter_none = Observation {
+            peers: None,
+            ..unloaded(None)
+        };
+        #[rustfmt::skip]
+        let rows: &[(&str, Readiness, Observation, Instant, Readiness)] = &[
+            ("zero peers: not ready",                 not,   unloaded(Some(0)), s(0), not),
+            ("K peers: still not ready",              not,   unloaded(Some(3)), s(0), not),
+            ("ready before: no hysteresis",           ready, unloaded(Some(0)), s(0), not),
+            ("short before: no hysteresis",           short, unloaded(Some(0)), s(6), not),
+            ("peers unknown (adapter none): ready",   not,   adapter_none,      s(0), ready),
+            ("loaded, lone bootstrap node: ready",    not,   obs(true, Some(0), Some(0), 0), s(0), ready),
+            ("loaded, others live: needs its peers",  not,   obs(true, Some(0), Some(0), 2), s(0), not),
+        ];
+        for (name, prev, o, now, want) in rows {
+            assert_eq!(next(*prev, o, &P, *now), *want, "{name}");
+        }
+    }
+
+    #[test]
+    fn other_live_is_unknown_until_the_view_loads_and_kept_while_it_is_stale() {
+        use std::collections::BTreeMap;
+
+        use peerkeep_registry::{AddressPolicy, NodeRecord, NodeState, Slot};
+
+        let record = |name: &str, slot: u32, state: NodeState| NodeRecord {
+            id: name.parse().expect("valid id"),
+            state,
+            endpoints: BTreeMap::new(),
+            slot: Slot::new(slot).expect("valid slot"),
+            instance: "i".into(),
+            version: String::new(),
+            started_at: String::new(),
+            labels: BTreeMap::new(),
+        };
+        let me: NodeId = "me".parse().expect("valid id");
+        assert_eq!(other_live(&MembershipSnapshot::default(), &me), None);
+        let lone = MembershipSnapshot::from_records(
+            [record("me", 1, NodeState::Starting)],
+            5,
+            AddressPolicy::default(),
+        );
+        assert_eq!(other_live(&lone, &me), Some(0), "lone bootstrap node");
+        let mut three = MembershipSnapshot::from_records(
+            [
+                record("me", 1, NodeState::Ready),
+                record("a", 2, NodeState::Ready),
+                record("b", 3, NodeState::Starting),
+                record("c", 4, NodeState::Draining),
+            ],
+            6,
+            AddressPolicy::default(),
+        );
+        assert_eq!(other_live(&three, &me), Some(2), "draining is not live");
+        three.stale_since = Some(std::time::SystemTime::now());
+        assert_eq!(
+            other_live(&three, &me),
+            Some(2),
+            "etcd outage keeps the count"
+        );
     }
 
     #[test]

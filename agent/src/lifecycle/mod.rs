@@ -142,6 +142,8 @@ impl Agent {
         let mut reg_events: Option<broadcast::Receiver<RegistrationEvent>> = None;
         let mut subscribed = false;
         let mut view_open = true;
+        // The view may have loaded before this loop subscribed to its changes.
+        self.apply_view();
         loop {
             let wake = {
                 let reg = self.registration.as_ref();

@@ -88,7 +88,7 @@ impl Agent {
                 reachable = self.observation.reachable,
                 peers = ?self.observation.peers,
                 lag = ?self.observation.lag,
-                other_live = self.observation.other_live,
+                other_live = ?self.observation.other_live,
                 "readiness changed"
             );
         }
@@ -138,7 +138,7 @@ impl Agent {
     pub(super) fn apply_view(&mut self) {
         let snap = self.view.borrow_and_update().clone();
         let me = self.node_id().clone();
-        self.observation.other_live = snap.peerable().filter(|r| r.id != me).count();
+        self.observation.other_live = readiness::other_live(&snap, &me);
         let drain = snap.drain_requested.contains(&me);
         let was = self.status.borrow().drain_requested;
         if drain != was {
@@ -157,7 +157,7 @@ impl Agent {
         self.status.send_modify(|s| {
             s.drain_requested = drain;
             s.view.revision = snap.revision;
-            s.view.other_live = self.observation.other_live;
+            s.view.other_live = self.observation.other_live.unwrap_or(0);
         });
     }
 }

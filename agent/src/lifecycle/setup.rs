@@ -167,7 +167,8 @@ pub async fn run(args: RunArgs) -> Result<i32, RunError> {
             synced: None,
             lag: None,
             peers: None,
-            other_live: 0,
+            // Unknown until the membership view has loaded.
+            other_live: None,
         },
         last_answer: None,
         failed_probes: 0,
