@@ -70,8 +70,7 @@ impl Bins {
         for p in [&bins.agent, &bins.devnode, &bins.mini_init, &bins.tini] {
             if !p.is_file() {
                 bail!(
-                    "{} is missing: build with `cargo build --release -p peerkeep-agent \
-                     -p peerkeep-supervise -p peerkeep-tests --bins --examples`",
+                    "{} is missing: run scripts/bench-agent, which builds it",
                     p.display()
                 );
             }
