@@ -4,7 +4,10 @@
 //! watch from R+1. A broken stream (etcd restarted, connection cut, a hung etcd detected by the
 //! connection's HTTP/2 pings) is resumed from the last applied revision + 1, so no event is lost
 //! and nothing is re-read; a watch cancelled because its start revision was compacted is never
-//! retried at that revision — the prefix is read again instead. While etcd cannot be reached the
+//! retried at that revision — the prefix is read again instead. So is a resume that cannot get
+//! past its start revision: etcd sends a watcher's backlog (up to 1000 revisions) as one message,
+//! and one above the client's 4 MiB limit would fail every resume at that revision; the paged
+//! read of the prefix always fits. While etcd cannot be reached the
 //! last view stays published, marked stale, and the loop retries forever with jittered, capped
 //! backoff: an outage never looks like an empty cluster.
 //!
@@ -34,6 +37,11 @@ use tracker::{RawKv, Tracker};
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(5);
 /// First pause after a failure.
 const MIN_RETRY_DELAY: Duration = Duration::from_millis(100);
+/// Breaks in a row of an established watch that delivered nothing past its start revision,
+/// after which the prefix is read again instead of resuming there once more: whatever keeps
+/// failing the resume at that revision (a backlog too large for one message is the known
+/// case, detected at once) would fail it again.
+const MAX_STUCK_BREAKS: u32 = 3;
 
 /// A continuously updated view of one cluster. Dropping it stops the watch.
 #[derive(Debug)]
@@ -202,10 +210,33 @@ fn retry_delays() -> ExponentialBackoff {
 
 /// Why a watch stopped being useful.
 enum WatchEnd {
-    /// The stream broke: resume from the given revision after a pause.
-    Broken { resume_from: i64 },
-    /// etcd cancelled the watch (compaction, or another server-side reason): read again.
+    /// The stream broke: resume from `resume_from` after a pause. `established` when etcd had
+    /// acknowledged the watch before it broke.
+    Broken { resume_from: i64, established: bool },
+    /// The watch cannot continue from where it is (compaction, a server-side cancel, a backlog
+    /// too large to receive): read again.
     Relist,
+}
+
+/// Counts breaks of established watches that made no progress past their start revision, and
+/// says when to stop resuming there (after [`MAX_STUCK_BREAKS`] in a row).
+#[derive(Debug, Default)]
+struct StuckBreaks {
+    count: u32,
+}
+
+impl StuckBreaks {
+    /// Records a break of the watch started at `start`; true when the prefix should be read
+    /// again instead of resuming at `resume_from`. A watch that never got established (etcd
+    /// unreachable) says nothing about the start revision and is not counted.
+    fn relist_after(&mut self, start: i64, resume_from: i64, established: bool) -> bool {
+        if resume_from != start {
+            self.count = 0;
+        } else if established {
+            self.count += 1;
+        }
+        self.count >= MAX_STUCK_BREAKS
+    }
 }
 
 /// The background task's state.
@@ -222,10 +253,22 @@ impl Watcher {
             let revision = self.list_until_ok().await;
             let mut next = revision + 1;
             let mut delays = retry_delays();
+            let mut stuck = StuckBreaks::default();
             loop {
                 match self.watch_from(next, &mut delays).await {
                     WatchEnd::Relist => break,
-                    WatchEnd::Broken { resume_from } => {
+                    WatchEnd::Broken {
+                        resume_from,
+                        established,
+                    } => {
+                        if stuck.relist_after(next, resume_from, established) {
+                            tracing::warn!(
+                                start = next,
+                                breaks = MAX_STUCK_BREAKS,
+                                "the watch keeps breaking at the same revision; reading the cluster again"
+                            );
+                            break;
+                        }
                         next = resume_from;
                         let pause = delays.next().unwrap_or(MAX_RETRY_DELAY);
                         tokio::time::sleep(pause).await;
@@ -271,21 +314,40 @@ impl Watcher {
             Ok(s) => s,
             Err(e) => {
                 self.mark_stale(&e);
-                return WatchEnd::Broken { resume_from: start };
+                return WatchEnd::Broken {
+                    resume_from: start,
+                    established: false,
+                };
             }
         };
         let mut next = start;
+        let mut established = false;
         loop {
             let resp = match stream.message().await {
                 Ok(Some(resp)) => resp,
                 Ok(None) => {
                     self.mark_stale(&"the watch stream ended");
-                    return WatchEnd::Broken { resume_from: next };
+                    return WatchEnd::Broken {
+                        resume_from: next,
+                        established,
+                    };
                 }
                 Err(e) => {
                     let e = self.etcd.classify("watch", &prefix, e);
                     self.mark_stale(&e);
-                    return WatchEnd::Broken { resume_from: next };
+                    if e.is_reply_too_large() {
+                        // Resuming here would get the same oversized backlog again.
+                        tracing::warn!(
+                            from = next,
+                            error = %e,
+                            "the watch backlog is too large for one message; reading the cluster again"
+                        );
+                        return WatchEnd::Relist;
+                    }
+                    return WatchEnd::Broken {
+                        resume_from: next,
+                        established,
+                    };
                 }
             };
             if resp.canceled() {
@@ -316,6 +378,7 @@ impl Watcher {
                     );
                     return WatchEnd::Relist;
                 }
+                established = true;
                 *delays = retry_delays();
                 if self.stale_since.take().is_some() {
                     tracing::info!(from = next, "watch re-established; the view is current");
@@ -365,5 +428,28 @@ impl Watcher {
     fn publish(&self) {
         self.tx
             .send_replace(Arc::new(self.tracker.snapshot(self.stale_since)));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resume_stuck_at_one_revision_turns_into_a_relist() {
+        let mut s = StuckBreaks::default();
+        // Unreachable etcd: never established, never counted, however long it lasts.
+        for _ in 0..10 {
+            assert!(!s.relist_after(5, 5, false));
+        }
+        // Established but broken before anything past 5 arrived, in a row.
+        assert!(!s.relist_after(5, 5, true));
+        assert!(!s.relist_after(5, 5, true));
+        // Progress resets the count.
+        assert!(!s.relist_after(5, 9, true));
+        assert!(!s.relist_after(9, 9, true));
+        assert!(!s.relist_after(9, 9, false));
+        assert!(!s.relist_after(9, 9, true));
+        assert!(s.relist_after(9, 9, true), "third stuck break in a row");
     }
 }

@@ -316,3 +316,48 @@ async fn etcd_wiped_and_restarted_with_lower_revision_is_read_again() {
     );
     assert!(after.resyncs > before.resyncs);
 }
+
+/// Regression: after a stream break etcd sends the watcher's whole backlog (up to 1000
+/// revisions) in one watch response. Above 4 MiB the client refuses that message ("message
+/// length too large"); resuming at the same revision failed the same way forever and the view
+/// stayed stale. The watcher must read the (paged) prefix again instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_backlog_beyond_one_grpc_message_is_read_again_instead_of_staying_stale() {
+    let etcd = EtcdServer::start();
+    let proxy = TcpProxy::start(SocketAddr::from(([127, 0, 0, 1], etcd.client_port())));
+    let direct = client(&etcd.endpoint()).await;
+    let m = Membership::start(client(&proxy.url()).await, keyspace(), LAX);
+    etcd.put(&node_key("n1"), &record("n1", "ready", "10.0.0.1:3000"));
+    let before = wait_for_ids(&m, &["n1"]).await;
+
+    proxy.cut();
+    eventually_async(DEADLINE, "view marked stale", || async {
+        m.snapshot().stale_since.is_some().then_some(())
+    })
+    .await;
+    // Six values of 900 KiB, one revision each (etcd refuses requests above 1.5 MiB): a
+    // 5.4 MiB backlog. They are invalid records (above 4 KiB) and only have to be skipped.
+    let big: Vec<(Vec<u8>, Vec<u8>)> = (0..6)
+        .map(|i| {
+            (
+                node_key(&format!("big{i}")).into_bytes(),
+                vec![b'x'; 900 * 1024],
+            )
+        })
+        .collect();
+    etcd.put_raw(&big).await;
+    etcd.put(&node_key("n2"), &record("n2", "ready", "10.0.0.2:3000"));
+    proxy.restore();
+
+    let fresh = read_once(&direct, &keyspace(), LAX).await.expect("read");
+    assert_eq!(fresh.skipped.len(), big.len());
+    let after = eventually_async(DEADLINE, "view fresh and equal to a read", || async {
+        let s = m.snapshot();
+        (s.stale_since.is_none() && s.records == fresh.records && s.revision == fresh.revision)
+            .then_some(s)
+    })
+    .await;
+    assert_eq!(ids(&after), ["n1", "n2"]);
+    assert_eq!(after.skipped.len(), big.len(), "{:#?}", after.skipped);
+    assert!(after.resyncs > before.resyncs, "the backlog is read again");
+}
