@@ -155,6 +155,34 @@ fn the_daemons_own_identity_is_published_as_a_record_label() {
     assert!(agent.running());
 }
 
+/// Regression: the daemon's identity label was added after the size check of the other
+/// labels; a record it pushed over 4 KiB failed the registration after the daemon had started.
+/// Now the identity is left out (logged) and the node registers.
+#[test]
+fn an_identity_that_would_overflow_the_record_is_left_out_and_the_node_still_registers() {
+    use peerkeep_tests::fakes::geth::FakeGeth;
+    let etcd = Etcd::start();
+    let enode = "ab".repeat(64);
+    let geth = FakeGeth::start(&enode);
+    let daemon = sh("exec sleep 600");
+    let url = geth.server.url();
+    // About 4000 bytes of record without the identity, about 4140 with it.
+    let label = format!("big={}", "a".repeat(3800));
+    let mut agent = AgentProc::start(
+        &etcd.endpoint(),
+        "g-full",
+        &["--adapter", "geth", "--node-api", &url, "--label", &label],
+        &strs(&daemon),
+    );
+    let rec = eventually(DEADLINE, "registered", || {
+        agent_support::record(&etcd, "g-full")
+    });
+    assert!(rec["labels"]["identity"].is_null(), "{rec}");
+    assert_eq!(rec["labels"]["big"].as_str().map(str::len), Some(3800));
+    assert!(agent.log().contains("identity left out"), "{}", agent.log());
+    assert!(agent.running());
+}
+
 #[test]
 fn a_hung_daemon_leaves_ready_after_repeated_failed_probes_and_comes_back() {
     use nix::sys::signal::{Signal, kill};

@@ -436,3 +436,26 @@ fn node_id_defaults_to_the_host_name() {
     assert_eq!(rec["id"], host);
     assert_eq!(agent.status().expect("/status")["node_id"], host);
 }
+
+/// Regression: a record over 4 KiB was refused only at registration, on the daemon's first
+/// answer, and the agent exited leaving the daemon running (orphaned).
+#[test]
+fn oversized_labels_exit_2_naming_the_flag_before_the_daemon_starts() {
+    let etcd = Etcd::start();
+    let label = format!("big={}", "a".repeat(5000));
+    let daemon = sh("touch started; exec sleep 600");
+    let mut agent = AgentProc::start(
+        &etcd.endpoint(),
+        "n-big",
+        &["--label", &label],
+        &strs(&daemon),
+    );
+    let status = agent.wait_exit(DEADLINE);
+    assert_eq!(status.code(), Some(2), "log:\n{}", agent.log());
+    assert!(agent.log().contains("--label"), "log:\n{}", agent.log());
+    assert!(
+        !agent.path("started").exists(),
+        "daemon started with a record that cannot be registered"
+    );
+    assert!(record(&etcd, "n-big").is_none());
+}

@@ -175,7 +175,9 @@ impl Agent {
                 Wake::Shutdown(signal) => return Ok(self.shutdown(signal).await),
                 Wake::RegistrationStopped(err) => return self.registration_stopped(err).await,
                 Wake::Tick => {
-                    self.probe_round().await?;
+                    if let Err(err) = self.probe_round().await {
+                        return self.stop_after_error(err).await;
+                    }
                     if polling_fast && self.last_answer.is_some() {
                         polling_fast = false;
                         poll = tokio::time::interval(self.params.poll);
@@ -209,10 +211,20 @@ impl Agent {
 
     /// The node id is held by another live instance: stop the daemon cleanly, exit 4.
     async fn registration_stopped(mut self, err: RegistryError) -> Result<i32, RunError> {
-        tracing::error!(error = %err, "registration stopped; stopping the daemon");
+        // Nothing of ours to revoke: the registration has ended.
         self.registration = None;
-        self.phase.advance(Phase::Stopping, "registration failed");
+        self.stop_after_error(RunError::Registry(err)).await
+    }
+
+    /// Something failed after the daemon was started: deregister (bounded), stop the daemon
+    /// with `--stop-signal` and `--stop-timeout`, sweep, and return the error for its exit
+    /// code. The daemon is never left behind: as PID 1 the agent's exit would have the kernel
+    /// SIGKILL it without a drain.
+    async fn stop_after_error(mut self, err: RunError) -> Result<i32, RunError> {
+        tracing::error!(error = %err, "stopping the daemon after an error");
+        self.phase.advance(Phase::Stopping, "error");
         self.publish_status();
+        self.revoke().await;
         let outcome = self
             .sup
             .stop(
@@ -222,9 +234,20 @@ impl Agent {
                 self.requests.at_least(self.requests.received() + 1),
             )
             .await;
+        if outcome.killed {
+            tracing::error!(
+                status = %outcome.status,
+                stop_timeout = ?self.params.stop_timeout,
+                "daemon killed with SIGKILL: unclean stop (raise --stop-timeout if it needs longer)"
+            );
+        } else {
+            tracing::info!(status = %outcome.status, "daemon stopped");
+        }
         self.daemon_gone(outcome.status);
         self.sup.sweep(SWEEP_GRACE).await;
-        Err(RunError::Registry(err))
+        self.phase.advance(Phase::Exited, "daemon reaped");
+        self.publish_status();
+        Err(err)
     }
 
     /// Awaits `fut` while refreshing the published status, so a long drain delay or stop

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use peerkeep_registry::registration::Registration;
 
 use super::daemon::{self, DaemonProbe};
-use super::{Agent, RunError};
+use super::{Agent, RunError, setup};
 use crate::keeper::PeerObservation;
 use crate::readiness;
 
@@ -122,10 +122,22 @@ impl Agent {
         }
         match tokio::time::timeout(daemon::PROBE_TIMEOUT, adapter.own_identity()).await {
             Ok(Ok(Some(identity))) => {
-                tracing::info!(%identity, "daemon identity published in the record");
-                self.reg_info
-                    .labels
-                    .insert(IDENTITY_LABEL.to_owned(), identity);
+                let mut with = self.reg_info.clone();
+                with.labels
+                    .insert(IDENTITY_LABEL.to_owned(), identity.clone());
+                // The other labels were checked before the daemon started; the identity must
+                // not turn a working node into one that cannot register.
+                match setup::record_fits(&self.reg_config, &with) {
+                    Ok(()) => {
+                        tracing::info!(%identity, "daemon identity published in the record");
+                        self.reg_info = with;
+                    }
+                    Err(e) => tracing::warn!(
+                        %identity,
+                        error = %e,
+                        "daemon identity left out of the record: it would not fit beside the --label values"
+                    ),
+                }
             }
             Ok(Ok(None)) => {}
             Ok(Err(e)) => {

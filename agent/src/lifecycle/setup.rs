@@ -6,9 +6,11 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
+use peerkeep_registry::names::MAX_SLOT;
 use peerkeep_registry::registration::{MIN_TTL, NodeInfo, RegistrationConfig, new_instance_token};
 use peerkeep_registry::{
-    AddressPolicy, Endpoint, EndpointName, EtcdOptions, Keyspace, Membership, NodeId,
+    AddressPolicy, Endpoint, EndpointName, EtcdOptions, Keyspace, Membership, NodeId, NodeRecord,
+    NodeState, RecordError, Slot,
 };
 use peerkeep_supervise::Supervisor;
 use tokio::sync::watch;
@@ -117,6 +119,13 @@ pub async fn run(args: RunArgs) -> Result<i32, RunError> {
     let etcd = peerkeep_registry::connect(&etcd_options).await?;
     let membership = Membership::start(etcd.clone(), keyspace.clone(), policy);
 
+    let probe = daemon_probe(&node_adapter, &record_endpoints, addrs.private_ip());
+    let (reg_config, reg_info) =
+        registration_setup(&args, keyspace, id, instance, record_endpoints);
+    // The registration would refuse it on the daemon's first answer: refuse it now, before
+    // there is a daemon to stop.
+    check_record_size(&reg_config, &reg_info)?;
+
     let mut cmd = daemon::command(&args.daemon, &facts).ok_or(RunError::NoDaemon)?;
     let child = sup.spawn(&mut cmd)?;
     sup.forward_to(&child);
@@ -125,10 +134,6 @@ pub async fn run(args: RunArgs) -> Result<i32, RunError> {
         s.daemon.pid = Some(child.pid().as_raw());
         s.daemon.running = true;
     });
-
-    let probe = daemon_probe(&node_adapter, &record_endpoints, addrs.private_ip());
-    let (reg_config, reg_info) =
-        registration_setup(&args, keyspace, id, instance, record_endpoints);
     let (peer_observations, observed) = watch::channel(None);
     if node_adapter.kind() != AdapterKind::None {
         let config = keeper_config(&args, &reg_config.id);
@@ -273,6 +278,42 @@ fn registration_setup(
     (config, info)
 }
 
+/// Whether a record built from `info` fits the schema's size limit whatever slot is claimed
+/// (the same check the registration makes when it starts).
+pub(super) fn record_fits(config: &RegistrationConfig, info: &NodeInfo) -> Result<(), RecordError> {
+    let widest = Slot::new(MAX_SLOT).map_err(|e| RecordError::Invalid(e.to_string()))?;
+    NodeRecord {
+        id: config.id.clone(),
+        // "starting" and "draining" are the longest state names.
+        state: NodeState::Starting,
+        endpoints: info.endpoints.clone(),
+        slot: widest,
+        instance: config.instance.clone(),
+        version: config.version.clone(),
+        started_at: config.started_at.clone(),
+        labels: info.labels.clone(),
+    }
+    .encode()
+    .map(|_| ())
+}
+
+/// [`record_fits`] as a flag error naming what made the record too large (exit 2).
+fn check_record_size(config: &RegistrationConfig, info: &NodeInfo) -> Result<(), RunError> {
+    record_fits(config, info).map_err(|e| {
+        let flag = if info.labels.is_empty() {
+            "--endpoint"
+        } else {
+            "--label"
+        };
+        RunError::Flag {
+            flag,
+            reason: format!(
+                "the node record would be too large ({e}); use fewer or shorter values"
+            ),
+        }
+    })
+}
+
 fn keeper_config(args: &RunArgs, id: &NodeId) -> KeeperConfig {
     KeeperConfig {
         params: PlanParams {
@@ -333,4 +374,44 @@ fn spawn_keeper(
             }
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> RegistrationConfig {
+        let keyspace = Keyspace::new(
+            peerkeep_registry::DEFAULT_PREFIX,
+            "default".parse().expect("valid cluster"),
+        )
+        .expect("valid keyspace");
+        RegistrationConfig::new(keyspace, "n1".parse().expect("valid id"))
+    }
+
+    fn info(label_bytes: usize) -> NodeInfo {
+        let endpoint: Endpoint = "127.0.0.1:8080".parse().expect("valid endpoint");
+        let mut info = NodeInfo::new(BTreeMap::from([(EndpointName::health(), endpoint)]));
+        info.labels
+            .insert("big".to_owned(), "a".repeat(label_bytes));
+        info
+    }
+
+    /// Regression: an oversized record used to be refused only after the daemon was spawned.
+    #[test]
+    fn oversized_labels_are_a_flag_error_before_the_daemon_starts() {
+        assert!(check_record_size(&config(), &info(100)).is_ok());
+        let err = check_record_size(&config(), &info(5000)).expect_err("too large");
+        assert!(
+            matches!(
+                err,
+                RunError::Flag {
+                    flag: "--label",
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert_eq!(err.exit_code(), 2);
+    }
 }

@@ -100,7 +100,8 @@ impl Agent {
         self.finish(status).await
     }
 
-    async fn revoke(&mut self) {
+    /// Revokes the lease (record and slot disappear at once), bounded by `REVOKE_TIMEOUT`.
+    pub(super) async fn revoke(&mut self) {
         let Some(reg) = self.registration.take() else {
             return;
         };
