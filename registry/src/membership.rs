@@ -18,7 +18,7 @@ mod tracker;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 use etcd_client::{EventType, GetOptions, WatchOptions};
@@ -42,6 +42,14 @@ const MIN_RETRY_DELAY: Duration = Duration::from_millis(100);
 /// failing the resume at that revision (a backlog too large for one message is the known
 /// case, detected at once) would fail it again.
 const MAX_STUCK_BREAKS: u32 = 3;
+/// A re-read this long after the previous one starts the re-read backoff over: an occasional
+/// compaction re-reads promptly, a watch that is cancelled again and again backs off.
+const RELIST_CALM: Duration = Duration::from_secs(30);
+/// A watch whose etcd member is this many revisions behind our view means etcd's history went
+/// back (a restore or a wipe) without looking twice; a smaller gap may be a lagging follower.
+const BACKWARDS_GAP: i64 = 10_000;
+/// Wait before looking again whether a smaller gap persists.
+const BACKWARDS_RECHECK: Duration = Duration::from_millis(500);
 
 /// A continuously updated view of one cluster. Dropping it stops the watch.
 #[derive(Debug)]
@@ -208,6 +216,62 @@ fn retry_delays() -> ExponentialBackoff {
         .build()
 }
 
+/// What the revision of a newly created watch says about etcd's history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum History {
+    /// At or past our view: carry on.
+    Continues,
+    /// Behind our view by a little: a follower that has not caught up yet, or a history that
+    /// really went back. Look again with a linearizable read after [`BACKWARDS_RECHECK`].
+    Recheck,
+    /// Far behind, or still behind on a linearizable read: the history went back; read again.
+    WentBack,
+}
+
+/// Judges a revision seen by a watch (`current`) against our view, which has everything up to
+/// `expected_at_least`. `rechecked` when `current` comes from the linearizable second look,
+/// which no lagging member can serve from the past.
+fn judge_history(expected_at_least: i64, current: i64, rechecked: bool) -> History {
+    if current >= expected_at_least {
+        History::Continues
+    } else if rechecked || expected_at_least - current > BACKWARDS_GAP {
+        History::WentBack
+    } else {
+        History::Recheck
+    }
+}
+
+/// Pauses before re-reads after the first, so a watch that etcd keeps cancelling cannot turn
+/// into a tight read loop; the backoff starts over after [`RELIST_CALM`] without a re-read.
+struct RelistPacer {
+    delays: ExponentialBackoff,
+    last: Option<Instant>,
+}
+
+impl RelistPacer {
+    fn new() -> Self {
+        Self {
+            delays: retry_delays(),
+            last: None,
+        }
+    }
+
+    /// The pause before the next read of the prefix, at `now`.
+    fn pause(&mut self, now: Instant) -> Duration {
+        let pause = match self.last {
+            None => Duration::ZERO,
+            Some(last) => {
+                if now.saturating_duration_since(last) > RELIST_CALM {
+                    self.delays = retry_delays();
+                }
+                self.delays.next().unwrap_or(MAX_RETRY_DELAY)
+            }
+        };
+        self.last = Some(now + pause);
+        pause
+    }
+}
+
 /// Why a watch stopped being useful.
 enum WatchEnd {
     /// The stream broke: resume from `resume_from` after a pause. `established` when etcd had
@@ -249,7 +313,13 @@ struct Watcher {
 
 impl Watcher {
     async fn run(mut self) {
+        let mut pacer = RelistPacer::new();
         loop {
+            let pause = pacer.pause(Instant::now());
+            if !pause.is_zero() {
+                tracing::debug!(?pause, "pausing before reading the cluster again");
+                tokio::time::sleep(pause).await;
+            }
             let revision = self.list_until_ok().await;
             let mut next = revision + 1;
             let mut delays = retry_delays();
@@ -368,15 +438,16 @@ impl Watcher {
             }
             if resp.created() {
                 let current = resp.header().map_or(i64::MAX, |h| h.revision());
-                if current < next - 1 {
-                    // etcd came back with an older history (restored or wiped): a watch from our
-                    // revision would wait for revisions that mean something else. Start over.
-                    tracing::warn!(
-                        current,
-                        expected_at_least = next - 1,
-                        "etcd's revision went backwards; reading the cluster again"
-                    );
-                    return WatchEnd::Relist;
+                match self.check_history(next - 1, current).await {
+                    Ok(History::Continues) => {}
+                    Ok(History::Recheck | History::WentBack) => return WatchEnd::Relist,
+                    Err(e) => {
+                        self.mark_stale(&e);
+                        return WatchEnd::Broken {
+                            resume_from: next,
+                            established: false,
+                        };
+                    }
                 }
                 established = true;
                 *delays = retry_delays();
@@ -412,6 +483,47 @@ impl Watcher {
         }
     }
 
+    /// Decides whether etcd's history continues from our view, given the revision a new watch
+    /// reported. A small gap is looked at again with a linearizable read, because the watch may
+    /// be served by a follower that lags the member our read went to. Never returns `Recheck`.
+    async fn check_history(
+        &self,
+        expected_at_least: i64,
+        current: i64,
+    ) -> Result<History, RegistryError> {
+        let mut verdict = judge_history(expected_at_least, current, false);
+        let mut current = current;
+        if verdict == History::Recheck {
+            tracing::debug!(
+                current,
+                expected_at_least,
+                "the watch's etcd member is behind our view; looking again"
+            );
+            tokio::time::sleep(BACKWARDS_RECHECK).await;
+            let prefix = self.tracker.keyspace().cluster_prefix();
+            let resp = self
+                .etcd
+                .get(
+                    &prefix,
+                    Some(GetOptions::new().with_prefix().with_count_only()),
+                )
+                .await?;
+            current = resp.header().map_or(i64::MAX, |h| h.revision());
+            verdict = judge_history(expected_at_least, current, true);
+        }
+        if verdict != History::Continues {
+            // etcd came back with an older history (restored or wiped): a watch from our
+            // revision would wait for revisions that mean something else. Start over.
+            tracing::warn!(
+                current,
+                expected_at_least,
+                "etcd's revision went backwards; reading the cluster again"
+            );
+            return Ok(History::WentBack);
+        }
+        Ok(History::Continues)
+    }
+
     fn mark_stale(&mut self, why: &dyn std::fmt::Display) {
         if self.stale_since.is_none() {
             tracing::warn!(
@@ -434,6 +546,54 @@ impl Watcher {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn went_backwards_only_when_far_behind_or_still_behind_on_a_second_look() {
+        use History::*;
+        // (expected at least, seen by the watch, rechecked, verdict)
+        let cases = [
+            (100, 100, false, Continues),
+            (100, 250, false, Continues),
+            // A follower a few revisions behind the member the list was read from.
+            (100, 97, false, Recheck),
+            (100, 100 - BACKWARDS_GAP, false, Recheck),
+            (100, 99 - BACKWARDS_GAP, false, WentBack),
+            // The linearizable second look is caught up: it was a lagging follower.
+            (100, 100, true, Continues),
+            (100, 99, true, WentBack),
+            // A wiped etcd starts again from revision 1.
+            (50_000, 3, false, WentBack),
+        ];
+        for (expected, current, rechecked, want) in cases {
+            assert_eq!(
+                judge_history(expected, current, rechecked),
+                want,
+                "expected {expected}, current {current}, rechecked {rechecked}"
+            );
+        }
+    }
+
+    #[test]
+    fn relists_after_the_first_back_off_and_calm_starts_over() {
+        let mut p = RelistPacer::new();
+        let t0 = Instant::now();
+        assert_eq!(p.pause(t0), Duration::ZERO, "the first read is immediate");
+        let mut now = t0;
+        let mut pauses = Vec::new();
+        for _ in 0..8 {
+            let pause = p.pause(now);
+            pauses.push(pause);
+            now += pause;
+        }
+        assert!(pauses.iter().all(|d| *d >= MIN_RETRY_DELAY), "{pauses:?}");
+        assert!(pauses[7] > pauses[0], "backs off: {pauses:?}");
+        assert!(
+            pauses.iter().all(|d| *d <= 2 * MAX_RETRY_DELAY),
+            "{pauses:?}"
+        );
+        let calm = p.pause(now + RELIST_CALM + Duration::from_secs(1));
+        assert!(calm < 2 * MIN_RETRY_DELAY + MIN_RETRY_DELAY, "{calm:?}");
+    }
 
     #[test]
     fn resume_stuck_at_one_revision_turns_into_a_relist() {
