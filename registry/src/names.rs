@@ -216,8 +216,14 @@ impl From<Slot> for u32 {
 
 impl FromStr for Slot {
     type Err = SlotError;
+    /// Parses the canonical decimal form only (`3`, never `03` or `+3`): a slot is the name of
+    /// the key `slots/{n}`, and a key spelled otherwise is not that slot's key — taking it for
+    /// slot 3 would make a claim compare `slots/3` against a key it never read.
     fn from_str(s: &str) -> Result<Self, SlotError> {
         let n: u64 = s.parse().map_err(|_| SlotError(0))?;
+        if n.to_string() != s {
+            return Err(SlotError(0));
+        }
         u32::try_from(n)
             .map_err(|_| SlotError(n))
             .and_then(Self::new)
@@ -258,5 +264,14 @@ mod tests {
         assert!(serde_json::from_str::<Slot>("0").is_err());
         assert!(serde_json::from_str::<Slot>("65536").is_err());
         assert_eq!(serde_json::from_str::<Slot>("7").ok(), Slot::new(7).ok());
+    }
+
+    #[test]
+    fn only_canonical_slot_numbers_parse() {
+        assert_eq!("3".parse::<Slot>().ok(), Slot::new(3).ok());
+        assert_eq!("65535".parse::<Slot>().ok(), Slot::new(MAX_SLOT).ok());
+        for bad in ["03", "+3", "003", " 3", "3 ", "0", "-1", "65536", "", "3a"] {
+            assert!(bad.parse::<Slot>().is_err(), "{bad:?} accepted");
+        }
     }
 }

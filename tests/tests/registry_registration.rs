@@ -468,3 +468,21 @@ fn heavy_hung_etcd_is_detected_and_the_record_is_back_after_it_resumes() {
         "still registered a TTL later"
     );
 }
+
+/// Regression: a slot key spelled with a non-canonical number (`slots/03`, `slots/+4`) was read
+/// as slot 3 (4). A node it named chose that slot as "already ours", compared `slots/3` — a key
+/// that does not exist — and retried the failing transaction forever, logging nothing.
+#[test]
+fn non_canonical_slot_keys_naming_the_node_do_not_stall_its_registration() {
+    let etcd = Etcd::start();
+    let slots = keyspace().slots_prefix();
+    etcd.put(&format!("{slots}03"), "n1");
+    etcd.put(&format!("{slots}+4"), "n1");
+    let rt = runtime();
+    let c = client(&rt, etcd.endpoint());
+    let reg = spawn(&rt, &c, "n1");
+    let (_, slot) = wait_registered(&rt, &reg);
+    assert_eq!(slot.get(), 1, "the lowest real slot");
+    assert_eq!(slot_value(&etcd, slot).as_deref(), Some("n1"));
+    assert_eq!(record(&etcd, "n1").expect("record").slot, slot);
+}

@@ -103,7 +103,7 @@ pub(crate) fn choose_slot(
 }
 
 /// Parses the slot keys read under `slots/` into holders. Keys whose last segment is not a slot
-/// number are ignored (they can never be claimed); values are kept as raw text, because a value
+/// number in its canonical form (`3`, not `03`) are ignored (they can never be claimed); values are kept as raw text, because a value
 /// that is not our id is simply "someone else".
 pub(crate) fn slot_holders<'a>(
     slots_prefix: &str,
@@ -198,6 +198,9 @@ mod tests {
             (b"/p/clusters/c/slots/0", b"b"),
             (b"/p/clusters/c/slots/x", b"c"),
             (b"/p/clusters/c/slots/7", b"me"),
+            // Not the keys of slots 3 and 4: claiming them would compare `slots/3`.
+            (b"/p/clusters/c/slots/03", b"me"),
+            (b"/p/clusters/c/slots/+4", b"me"),
         ];
         assert_eq!(slot_holders(p, kvs), holders(&[(2, "a"), (7, "me")]));
     }

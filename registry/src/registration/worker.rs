@@ -177,6 +177,17 @@ impl Worker {
                     // Concurrent claimants retry at once, with a little jitter to spread them;
                     // a compare that keeps failing for another reason must not spin on etcd.
                     races += 1;
+                    if races == MAX_QUICK_RETRIES + 1 {
+                        tracing::warn!(
+                            node_id = %self.cfg.id,
+                            attempts = races,
+                            slot = ?self.slot.map(Slot::get),
+                            "the claim of the node id and slot keeps failing its compare; \
+                             retrying with backoff (check the keys under the cluster's slots/)"
+                        );
+                    } else {
+                        tracing::debug!(node_id = %self.cfg.id, attempts = races, "claim raced; retrying");
+                    }
                     let pause = if races <= MAX_QUICK_RETRIES {
                         Duration::from_millis(rand::random_range(0..20))
                     } else {
