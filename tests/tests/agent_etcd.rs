@@ -139,3 +139,40 @@ fn a_node_that_never_reached_etcd_skips_the_drain_delay() {
         started.elapsed()
     );
 }
+
+/// Regression: with etcd down, shutdown waited up to the drain delay for etcd to confirm
+/// `draining`, then the whole drain delay again, then the revoke bound: 4 + 4 + 2 s here (and
+/// 2 + 2 + 2 + 10 = 16 s with compose's settings, beyond its 15 s grace period). The delay now
+/// runs from the draining request, with the confirmation awaited inside it.
+#[test]
+fn shutdown_with_etcd_down_waits_the_drain_delay_once_not_twice() {
+    let mut etcd = Etcd::start();
+    let daemon = sh("exec sleep 600");
+    let mut agent = AgentProc::start(
+        &etcd.endpoint(),
+        "n-drain-once",
+        &["--drain-delay", "4s"],
+        &strs(&daemon),
+    );
+    eventually(DEADLINE, "registered", || record(&etcd, "n-drain-once"));
+    let pid = agent.daemon_pid().expect("daemon pid");
+
+    etcd.stop();
+    let started = Instant::now();
+    agent.signal(nix::sys::signal::Signal::SIGTERM);
+    let status = agent.wait_exit(DEADLINE);
+    let took = started.elapsed();
+    assert_eq!(status.code(), Some(143), "log:\n{}", agent.log());
+    assert!(!alive(pid), "daemon left running");
+    assert!(
+        took >= Duration::from_secs(4),
+        "drain delay not honoured: {took:?}"
+    );
+    // Drain delay (4 s) + revoke bound (2 s) + a prompt stop, with a margin; the old sequence
+    // needed at least 8 s.
+    assert!(
+        took < Duration::from_millis(7500),
+        "shutdown took {took:?}; log:\n{}",
+        agent.log()
+    );
+}

@@ -2,13 +2,13 @@
 //!
 //! The sequence is the one of DESIGN.md and issue 4, in this order because each step protects
 //! the next: readiness false (so `/readyz` fails at once) → record `draining` in etcd (load
-//! balancers and peers stop choosing the node) → wait `--drain-delay` (in-flight requests drain)
-//! → revoke the lease (the record and slot disappear) → `--stop-signal` + CONT to the daemon's
-//! process group → wait `--stop-timeout` → SIGKILL, logged as unclean → sweep leftovers when
-//! PID 1 → exit with the daemon's status. A second TERM/INT skips whatever waits remain; etcd
-//! trouble never blocks the stop (every etcd step is bounded).
-
-use std::time::Duration;
+//! balancers and peers stop choosing the node) → wait until `--drain-delay` after that request
+//! (in-flight requests drain; etcd's confirmation is awaited within the delay, not on top of
+//! it) → revoke the lease (the record and slot disappear) → `--stop-signal` + CONT to the
+//! daemon's process group → wait `--stop-timeout` → SIGKILL, logged as unclean → sweep
+//! leftovers when PID 1 → exit with the daemon's status. A second TERM/INT skips whatever
+//! waits remain; etcd trouble never blocks the stop (every etcd step is bounded), so the total
+//! is at most drain delay + `REVOKE_TIMEOUT` + stop timeout + the sweep.
 
 use nix::sys::signal::Signal;
 use peerkeep_registry::NodeState;
@@ -33,27 +33,33 @@ impl Agent {
             .as_ref()
             .is_some_and(|r| r.status().state != RegistrationState::Unregistered);
         if let Some(reg) = self.registration.as_ref().filter(|_| ever_registered) {
+            // The drain delay runs from the moment `draining` is asked for: waiting for etcd to
+            // confirm it is part of the delay, not added to it, so an etcd outage costs no
+            // more than the delay itself (plus the bounded revoke) within the grace period.
+            let drain_until = tokio::time::Instant::now() + self.params.drain_delay;
             let generation = reg.set_state(NodeState::Draining);
             self.published_state = Some(NodeState::Draining);
             self.publish_status();
-            let bound = self.params.drain_delay.max(Duration::from_secs(1));
+            tracing::info!(delay = ?self.params.drain_delay, "draining: waiting for load balancers to drain");
             self.beating(async {
                 tokio::select! {
                     status = self.daemon.wait() => tracing::warn!(%status, "daemon exited while draining"),
-                    r = tokio::time::timeout(bound, reg.written(generation)) => match r {
+                    r = tokio::time::timeout_at(drain_until, reg.written(generation)) => match r {
                         Ok(Ok(())) => tracing::info!("record marked draining"),
                         Ok(Err(e)) => tracing::warn!(error = %e, "could not mark the record draining"),
-                        Err(_) => tracing::warn!(waited = ?bound, "etcd did not confirm draining in time; continuing"),
+                        Err(_) => tracing::warn!(
+                            waited = ?self.params.drain_delay,
+                            "etcd did not confirm draining within the drain delay; continuing"
+                        ),
                     },
                     _ = skipped() => tracing::info!("second shutdown request: skipping the drain"),
                 }
             })
             .await;
             if skip.received() < 2 && self.daemon.try_status().is_none() {
-                tracing::info!(delay = ?self.params.drain_delay, "waiting for load balancers to drain");
                 self.beating(async {
                     tokio::select! {
-                        () = tokio::time::sleep(self.params.drain_delay) => {}
+                        () = tokio::time::sleep_until(drain_until) => {}
                         // Nothing left to drain for: the daemon is gone.
                         status = self.daemon.wait() => tracing::warn!(%status, "daemon exited while draining"),
                         _ = skipped() => tracing::info!("second shutdown request: skipping the drain delay"),
