@@ -197,7 +197,7 @@ async fn bench(args: Args) -> anyhow::Result<()> {
                     lease_ttl: args.lease_ttl.clone(),
                     verbose: args.verbose,
                 };
-                let result = scenario::run(&cfg, &http, &registry).await?;
+                let result = run_with_retries(&cfg, &http, &registry).await?;
                 eprintln!("{}", progress(&cfg, run + 1, args.runs, &result));
                 if let Some(cell) = cells
                     .iter_mut()
@@ -226,6 +226,32 @@ async fn bench(args: Args) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// Runs one measurement, repeating it (at most [`HARNESS_RETRIES`] times) when a node died on
+/// its own: that is the test machine's fault, not the policy's.
+async fn run_with_retries(
+    cfg: &RunConfig,
+    http: &reqwest::Client,
+    registry: &peerkeep_registry::Etcd,
+) -> anyhow::Result<scenario::RunResult> {
+    let mut attempt = 0;
+    loop {
+        match scenario::run(cfg, http, registry).await {
+            Err(e) if attempt < HARNESS_RETRIES && e.is::<scenario::NodeExited>() => {
+                attempt += 1;
+                eprintln!(
+                    "[{} N={}] {e:#}\n    repeating the run ({attempt}/{HARNESS_RETRIES})",
+                    cfg.policy.name(),
+                    cfg.nodes
+                );
+            }
+            other => return other,
+        }
+    }
+}
+
+/// How often a run is repeated after a node died on its own.
+const HARNESS_RETRIES: usize = 2;
 
 fn short(p: Policy) -> &'static str {
     match p {

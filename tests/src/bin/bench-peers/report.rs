@@ -86,7 +86,13 @@ pub fn table(cells: &[Cell]) -> String {
     s.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     for c in cells {
         let conv: Vec<Option<Duration>> = c.runs.iter().map(|r| r.convergence).collect();
-        let rec: Vec<Option<Duration>> = c.runs.iter().map(|r| r.recovery).collect();
+        // Recovery is measured only in runs that converged.
+        let rec: Vec<Option<Duration>> = c
+            .runs
+            .iter()
+            .filter(|r| r.convergence.is_some())
+            .map(|r| r.recovery)
+            .collect();
         let (cp50, cmax) = timing(&conv);
         let (rp50, rmax) = timing(&rec);
         let (connects, cpu) = idle(c).map_or_else(

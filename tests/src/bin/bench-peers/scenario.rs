@@ -210,6 +210,7 @@ pub async fn run(
     let live: BTreeSet<String> = targets.iter().map(|t| t.id.clone()).collect();
     let (took, degrees) = match wait_within(
         http,
+        &mut fleet.nodes,
         &targets,
         &live,
         bounds,
@@ -220,7 +221,8 @@ pub async fn run(
     .await
     {
         Ok(r) => r,
-        Err(outside) => {
+        Err(WaitError::Exited(e)) => return Err(e.into()),
+        Err(WaitError::Timeout(outside)) => {
             return Ok(RunResult {
                 convergence: None,
                 degrees: None,
@@ -236,7 +238,7 @@ pub async fn run(
         None => None,
     };
 
-    let recovery = kill_and_recover(&mut fleet, http, cfg).await;
+    let recovery = kill_and_recover(&mut fleet, http, cfg).await?;
     Ok(RunResult {
         convergence: Some(took),
         degrees: Some(degrees),
@@ -248,23 +250,93 @@ pub async fn run(
     })
 }
 
+/// A node's agent exited on its own during a run (a port taken by another process between
+/// choosing and binding it, on a machine shared with other tests): the run measures nothing
+/// and is repeated.
+#[derive(Debug, thiserror::Error)]
+#[error("node {id}'s agent exited on its own; its log ends with:\n{log_tail}")]
+pub struct NodeExited {
+    /// The node.
+    pub id: String,
+    /// The last lines of its agent's (and devnode's) log.
+    pub log_tail: String,
+}
+
+/// Why [`wait_within`] gave up.
+enum WaitError {
+    /// The timeout passed; the nodes still outside the bounds.
+    Timeout(String),
+    /// A node's agent exited.
+    Exited(NodeExited),
+}
+
+/// The first node whose agent has exited, if any.
+fn exited(nodes: &mut [FleetNode]) -> Option<NodeExited> {
+    let node = nodes.iter_mut().find_map(|n| (!n.running()).then_some(n))?;
+    let log = node.log();
+    let lines: Vec<&str> = log.lines().collect();
+    Some(NodeExited {
+        id: node.id.clone(),
+        log_tail: lines[lines.len().saturating_sub(8)..].join("\n"),
+    })
+}
+
+/// A wait longer than this shows, with `--verbose`, what the last nodes to get there logged.
+const SLOW: Duration = Duration::from_secs(5);
+
+/// Prints the peer-keeping log lines of (at most two) nodes that `sweep` finds outside `bounds`.
+fn show_stragglers(
+    nodes: &[FleetNode],
+    sweep: &[Option<Vec<String>>],
+    live: &BTreeSet<String>,
+    bounds: Bounds,
+) {
+    let outside = nodes.iter().zip(sweep).filter(|(_, peers)| {
+        peers.as_ref().is_none_or(|ps| {
+            ps.iter().filter(|p| live.contains(*p)).count() < bounds.min_live
+                || bounds.max_total.is_some_and(|m| ps.len() > m)
+        })
+    });
+    for (node, _) in outside.take(2) {
+        let log = node.log();
+        let lines: Vec<&str> = log.lines().filter(|l| l.contains("connect")).collect();
+        eprintln!(
+            "    last to get there: {}; its keeper's last connect/disconnect lines:\n      {}",
+            node.id,
+            lines[lines.len().saturating_sub(6)..].join("\n      ")
+        );
+    }
+}
+
 /// Sweeps until every target is within `bounds`; returns the time since `since` and the degree
-/// range, or after `timeout` the nodes that were still outside.
+/// range, or after `timeout` the nodes that were still outside. Stops early when a node that
+/// does not answer has exited.
+#[allow(clippy::too_many_arguments)]
 async fn wait_within(
     http: &reqwest::Client,
+    nodes: &mut [FleetNode],
     targets: &[Target],
     live: &BTreeSet<String>,
     bounds: Bounds,
     since: Instant,
     timeout: Duration,
     verbose: bool,
-) -> Result<(Duration, (usize, usize)), String> {
-    let mut last = Vec::new();
+) -> Result<(Duration, (usize, usize)), WaitError> {
+    let mut last: Vec<Option<Vec<String>>> = Vec::new();
     let mut shown = Duration::ZERO;
     while since.elapsed() < timeout {
-        last = observe::sweep(http, targets).await;
-        if let Some(range) = observe::within(&last, live, bounds) {
+        let sweep = observe::sweep(http, targets).await;
+        if let Some(range) = observe::within(&sweep, live, bounds) {
+            if verbose && since.elapsed() > SLOW {
+                show_stragglers(nodes, &last, live, bounds);
+            }
             return Ok((since.elapsed(), range));
+        }
+        last = sweep;
+        if last.iter().any(Option::is_none)
+            && let Some(e) = exited(nodes)
+        {
+            return Err(WaitError::Exited(e));
         }
         if verbose && since.elapsed() >= shown + Duration::from_secs(1) {
             shown = since.elapsed();
@@ -282,7 +354,9 @@ async fn wait_within(
         }
         tokio::time::sleep(SWEEP_INTERVAL).await;
     }
-    Err(observe::outliers(targets, &last, live, bounds))
+    Err(WaitError::Timeout(observe::outliers(
+        targets, &last, live, bounds,
+    )))
 }
 
 async fn measure_idle(
@@ -351,7 +425,7 @@ async fn kill_and_recover(
     fleet: &mut Fleet,
     http: &reqwest::Client,
     cfg: &RunConfig,
-) -> Result<Duration, String> {
+) -> Result<Result<Duration, String>, NodeExited> {
     let n = fleet.nodes.len();
     let victims = ((n as f64 * cfg.kill_fraction).round() as usize).clamp(1, n.saturating_sub(1));
     let mut order: Vec<usize> = (0..n).collect();
@@ -381,6 +455,7 @@ async fn kill_and_recover(
     };
     let result = wait_within(
         http,
+        &mut fleet.nodes,
         &targets,
         &live,
         bounds,
@@ -390,5 +465,9 @@ async fn kill_and_recover(
     )
     .await;
     drop(dead);
-    result.map(|(took, _)| took)
+    match result {
+        Ok((took, _)) => Ok(Ok(took)),
+        Err(WaitError::Timeout(outside)) => Ok(Err(outside)),
+        Err(WaitError::Exited(e)) => Err(e),
+    }
 }
