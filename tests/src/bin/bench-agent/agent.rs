@@ -25,6 +25,62 @@ const LIMIT: Duration = Duration::from_secs(20);
 /// pre-answer probe intervals (100 ms), so every phase is sampled.
 const ANSWER_JITTER_US: u64 = 300_000;
 
+/// Attempts per trial: a trial can fail for reasons outside the agent (a picked port taken
+/// by another process in the meantime); failed attempts are reported, never hidden.
+const ATTEMPTS: usize = 3;
+
+/// Runs `trial` until it succeeds, at most [`ATTEMPTS`] times; each failure is printed to
+/// stderr and counted in `failures`.
+fn with_retries<T>(
+    what: &str,
+    failures: &mut Vec<String>,
+    mut trial: impl FnMut() -> Result<T>,
+) -> Result<T> {
+    let mut last = None;
+    for _ in 0..ATTEMPTS {
+        match trial() {
+            Ok(v) => return Ok(v),
+            Err(e) => {
+                eprintln!("{what}: attempt failed: {e:#}");
+                failures.push(
+                    format!("{what}: {e:#}")
+                        .lines()
+                        .next()
+                        .unwrap_or_default()
+                        .to_owned(),
+                );
+                last = Some(e);
+            }
+        }
+    }
+    Err(last.map_or_else(
+        || anyhow::anyhow!("{what}: no attempt"),
+        |e| e.context(format!("{what}: {ATTEMPTS} attempts failed")),
+    ))
+}
+
+/// The last lines of `dir/agent.log` (the daemon's output is in it too), for errors: the
+/// directory is gone once the trial's guards drop.
+fn log_tail(dir: &Path) -> String {
+    let log = std::fs::read_to_string(dir.join("agent.log")).unwrap_or_default();
+    let lines: Vec<&str> = log.lines().collect();
+    format!(
+        "last lines of the agent's log:\n{}",
+        lines[lines.len().saturating_sub(15)..].join("\n")
+    )
+}
+
+/// Prints the failed attempts under a table.
+fn print_failures(failures: &[String]) {
+    if failures.is_empty() {
+        return;
+    }
+    println!("\nRepeated after a failed attempt ({}):\n", failures.len());
+    for f in failures {
+        println!("- {f}");
+    }
+}
+
 /// The settings of the agent benchmarks.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -146,6 +202,11 @@ fn start_node(
 }
 
 impl Node {
+    /// The last lines of the agent's log.
+    fn log_tail(&self) -> String {
+        log_tail(self.dir.path())
+    }
+
     fn wait_registered(&self, etcd: &Etcd) -> Result<()> {
         poll(
             &format!("record of {} in etcd", self.cluster),
@@ -154,7 +215,7 @@ impl Node {
             || record(etcd, &self.cluster, &self.id),
         )
         .map(drop)
-        .with_context(|| format!("agent log in {}", self.dir.path().display()))
+        .with_context(|| self.log_tail())
     }
 }
 
@@ -302,11 +363,16 @@ pub fn registration_latency(bins: &Bins, etcd: &Etcd, s: &Settings) -> Result<()
     let mut total = vec![Samples::default(); kinds.len()];
     let mut to_probe = vec![Samples::default(); kinds.len()];
     let mut to_record = vec![Samples::default(); kinds.len()];
+    let mut failures = Vec::new();
     for trial in 0..s.trials {
         for (k, kind) in kinds.iter().enumerate() {
-            let cluster = format!("reg-{k}-{trial:04}");
-            let t = answer_to_record(bins, etcd, &cluster, *kind)
-                .with_context(|| format!("registration trial {trial}, {}", kind.label()))?;
+            let mut attempt = 0;
+            let what = format!("registration trial {trial}, {}", kind.label());
+            let t = with_retries(&what, &mut failures, || {
+                attempt += 1;
+                let cluster = format!("reg-{k}-{trial:04}-{attempt}");
+                answer_to_record(bins, etcd, &cluster, *kind)
+            })?;
             total[k].push(t.total);
             if let Some(p) = t.first_probe {
                 to_probe[k].push(p);
@@ -338,6 +404,7 @@ pub fn registration_latency(bins: &Bins, etcd: &Etcd, s: &Settings) -> Result<()
             verdict(p99.is_some_and(|d| d < Duration::from_millis(200))),
         );
     }
+    print_failures(&failures);
     Ok(())
 }
 
@@ -359,8 +426,12 @@ fn answer_to_record(
 ) -> Result<AnswerToRecord> {
     let watch = Watch::start(etcd, &format!("/peerkeep/v1/clusters/{cluster}"))?;
     let node = start_node(bins, etcd, cluster, kind, true, &["--drain-delay", "0s"])?;
-    let log = || format!("agent log in {}", node.dir.path().display());
-    wait_listening(node.health, LIMIT).with_context(log)?;
+    answer_to_record_with(&watch, &node).with_context(|| node.log_tail())
+}
+
+/// The part of [`answer_to_record`] after the agent has started.
+fn answer_to_record_with(watch: &Watch, node: &Node) -> Result<AnswerToRecord> {
+    wait_listening(node.health, LIMIT)?;
     if let Some(f) = &node.fifo {
         f.lines.wait_for("`waiting`", LIMIT, |l| l == "waiting")?;
     }
@@ -390,11 +461,10 @@ fn answer_to_record(
             (answered, None)
         }
     };
-    let key = node_key(cluster, &node.id);
+    let key = node_key(&node.cluster, &node.id);
     let (_, seen) = watch
         .lines
-        .wait_for("the record in the watch", LIMIT, |l| l == key)
-        .with_context(log)?;
+        .wait_for("the record in the watch", LIMIT, |l| l == key)?;
     Ok(AnswerToRecord {
         total: seen.saturating_duration_since(answered),
         first_probe,
@@ -406,11 +476,16 @@ fn answer_to_record(
 pub fn stop_latency(bins: &Bins, etcd: &Etcd, s: &Settings) -> Result<()> {
     let delays = [Duration::from_millis(500), Duration::ZERO];
     let mut samples = vec![Samples::default(); delays.len()];
+    let mut failures = Vec::new();
     for trial in 0..s.trials {
         for (k, delay) in delays.iter().enumerate() {
-            let cluster = format!("stop-{k}-{trial:04}");
-            let d = term_to_exit(bins, etcd, &cluster, *delay)
-                .with_context(|| format!("stop trial {trial}, drain delay {delay:?}"))?;
+            let what = format!("stop trial {trial}, drain delay {delay:?}");
+            let mut attempt = 0;
+            let d = with_retries(&what, &mut failures, || {
+                attempt += 1;
+                let cluster = format!("stop-{k}-{trial:04}-{attempt}");
+                term_to_exit(bins, etcd, &cluster, *delay)
+            })?;
             samples[k].push(d);
         }
     }
@@ -434,6 +509,7 @@ pub fn stop_latency(bins: &Bins, etcd: &Etcd, s: &Settings) -> Result<()> {
             verdict(max.is_some_and(|m| m < *delay + Duration::from_millis(100))),
         );
     }
+    print_failures(&failures);
     Ok(())
 }
 
@@ -461,7 +537,7 @@ fn term_to_exit(bins: &Bins, etcd: &Etcd, cluster: &str, drain: Duration) -> Res
     poll("record in etcd", LIMIT, Duration::from_millis(50), || {
         record(etcd, cluster, "bench")
     })
-    .with_context(|| format!("agent log in {}", dir.path().display()))?;
+    .with_context(|| log_tail(dir.path()))?;
     std::thread::sleep(Duration::from_millis(300));
     let t = Instant::now();
     proc.signal(Signal::SIGTERM)?;
@@ -469,8 +545,8 @@ fn term_to_exit(bins: &Bins, etcd: &Etcd, cluster: &str, drain: Duration) -> Res
     let took = t.elapsed();
     if status.code() != Some(143) {
         bail!(
-            "agent exited with {status}, expected 143 (sleep killed by TERM); log in {}",
-            dir.path().display()
+            "agent exited with {status}, expected 143 (sleep killed by TERM); {}",
+            log_tail(dir.path())
         );
     }
     Ok(took)
