@@ -424,6 +424,9 @@ impl Worker {
         };
         loop {
             tokio::select! {
+                // A due keepalive goes first: with checks bounded by `check_budget`, at most one
+                // check can run between two keepalives.
+                biased;
                 _ = keepalive.tick() => {
                     if last_answer.elapsed() > ttl {
                         return Err(stream_err(format!("no keepalive answer for {ttl:?}")));
@@ -457,8 +460,27 @@ impl Worker {
     }
 
     /// Checks the keys and writes what is missing or out of date. `Some` ends the keep phase.
+    ///
+    /// The check runs inside the loop that sends keepalives, so it is cut off after
+    /// [`check_budget`]: a request stuck on an unresponsive endpoint (each may take the whole
+    /// request timeout, 5 s by default) must not hold back keepalives until the lease lapses.
+    /// A check cut off is retried at the next tick; cutting it off is harmless, because every
+    /// write is compare-guarded and the next check recognises a write that did land.
     async fn check_record(&mut self, lease: i64) -> Option<KeepEnd> {
-        match self.sync_record(lease).await {
+        let budget = check_budget(self.cfg.ttl);
+        let checked = tokio::time::timeout(budget, self.sync_record(lease))
+            .await
+            .unwrap_or_else(|_| {
+                Err(RegistryError::Unreachable {
+                    endpoints: self.etcd.endpoints().join(","),
+                    op: "record check",
+                    detail: format!(
+                        "no answer within {budget:?} (a quarter of the lease TTL, so that \
+                         keepalives are not held back)"
+                    ),
+                })
+            });
+        match checked {
             Ok(Sync::InPlace) | Ok(Sync::Raced) => None,
             Ok(Sync::Written { restored }) => {
                 if restored {
@@ -672,7 +694,36 @@ fn backoff(ttl: Duration) -> ExponentialBackoff {
         .build()
 }
 
+/// The longest a record check may take. It shares a loop with the keepalives, which are due
+/// every TTL/3: bounded by TTL/4, a check delays a keepalive to at most 7/12 of the TTL after
+/// the previous one, leaving the answer time to arrive before the lease lapses.
+fn check_budget(ttl: Duration) -> Duration {
+    ttl / 4
+}
+
 /// How often to look again at an id held by another instance.
 fn held_poll(ttl: Duration) -> Duration {
     (ttl / 4).clamp(Duration::from_millis(100), Duration::from_secs(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Regression: record checks awaited inside the keepalive loop could each take the whole
+    /// request timeout (5 s) on a blackholed endpoint, so with a TTL of 7 s or less the lease
+    /// expired while a check waited. However long the requests may take, the check's budget
+    /// plus the keepalive period stays well inside the TTL.
+    #[test]
+    fn record_check_cannot_hold_keepalives_back_past_the_ttl() {
+        for secs in [1, 2, 3, 5, 7, 10, 30, 600] {
+            let ttl = Duration::from_secs(secs);
+            let worst_gap = ttl / 3 + check_budget(ttl);
+            assert!(
+                worst_gap * 3 <= ttl * 2,
+                "TTL {ttl:?}: keepalives up to {worst_gap:?} apart"
+            );
+            assert!(check_budget(ttl) < ttl / 3, "TTL {ttl:?}");
+        }
+    }
 }
