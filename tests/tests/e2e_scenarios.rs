@@ -14,8 +14,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use peerkeep_tests::docker::{
-    DemoStack, LoadGen, LoadStats, RegistryWatch, all_logs, devnode_peers, docker_available,
-    docker_ok, ensure_images, haproxy_reloads, inspect, poll, registry_ls,
+    DemoStack, IMAGE_TAG, LoadGen, LoadStats, Project, RegistryWatch, Swarm, SwarmStack, all_logs,
+    devnode_peers, docker, docker_available, docker_ok, ensure_images, free_port_range,
+    free_subnet, haproxy_reloads, haproxy_servers, http_get, inspect, poll, registry_ls, run_ok,
 };
 
 /// K in the demo stack (`PEERKEEP_MIN_PEERS`, default 3).
@@ -469,7 +470,7 @@ fn etcd_leader(stack: &DemoStack) -> Result<String, String> {
         let Some(c) = inspect(&ids).into_iter().find(|c| c.status == "running") else {
             continue;
         };
-        let out = peerkeep_tests::docker::docker(
+        let out = docker(
             &[
                 "exec",
                 &c.id,
@@ -747,7 +748,7 @@ fn heavy_e2e_health_starting_healthy_sigstop_unhealthy_out_of_lb_sigcont_back() 
     );
     let t = Instant::now();
     let lb_down = poll(Duration::from_secs(30), "the lb to mark it down", || {
-        let servers = peerkeep_tests::docker::haproxy_servers(&lb, "rpc")?;
+        let servers = haproxy_servers(&lb, "rpc")?;
         match servers.get(&server).map(String::as_str) {
             Some(s) if s.starts_with("DOWN") || s.starts_with("MAINT") => Ok(t.elapsed()),
             other => Err(format!("{server} is {other:?}")),
@@ -814,7 +815,7 @@ fn heavy_e2e_health_starting_healthy_sigstop_unhealthy_out_of_lb_sigcont_back() 
 fn ltc_cli(container: &str, args: &[&str]) -> Result<String, String> {
     let mut all = vec!["exec", container, "litecoin-cli"];
     all.extend_from_slice(args);
-    let out = peerkeep_tests::docker::docker(&all, Duration::from_secs(30));
+    let out = docker(&all, Duration::from_secs(30));
     if out.ok {
         Ok(out.stdout.trim().to_owned())
     } else {
@@ -867,13 +868,10 @@ fn heavy_e2e_litecoind_peers_without_static_list_blocks_reach_all_rolling_restar
     let started = Instant::now();
     // K = 2 in compose/litecoind.yml: with 4 nodes, min(2, 3) = 2 peers each.
     const LTC_K: usize = 2;
-    let project = peerkeep_tests::docker::Project::new(
+    let project = Project::new(
         "ltc",
         &["compose/litecoind.yml"],
-        vec![(
-            "PEERKEEP_LTC_SUBNET".to_owned(),
-            peerkeep_tests::docker::free_subnet(),
-        )],
+        vec![("PEERKEEP_LTC_SUBNET".to_owned(), free_subnet())],
     );
     let t = Instant::now();
     project.up(&[("node", 4)], Duration::from_secs(4 * 60));
@@ -945,10 +943,7 @@ fn heavy_e2e_litecoind_peers_without_static_list_blocks_reach_all_rolling_restar
 
 /// Waits until the swarm stack's registry holds exactly its running node tasks (producer and
 /// `node` replicas), all ready; their ids.
-fn swarm_registry_matches(
-    stack: &peerkeep_tests::docker::SwarmStack,
-    deadline: Duration,
-) -> BTreeSet<String> {
+fn swarm_registry_matches(stack: &SwarmStack, deadline: Duration) -> BTreeSet<String> {
     poll(
         deadline,
         "`peerkeep ls` = the running tasks, all ready",
@@ -992,22 +987,19 @@ fn heavy_e2e_swarm_six_replicas_healthy_lb_serves_rolling_update_no_failed_reque
     }
     ensure_images();
     let started = Instant::now();
-    let swarm = match peerkeep_tests::docker::Swarm::init() {
+    let swarm = match Swarm::init() {
         Ok(s) => s,
         Err(why) => {
             eprintln!("SKIPPED {TEST}: {why}");
             return;
         }
     };
-    if let Err(why) = swarm.preflight_overlay(&format!(
-        "peerkeep/etcd:{}",
-        peerkeep_tests::docker::IMAGE_TAG
-    )) {
+    if let Err(why) = swarm.preflight_overlay(&format!("peerkeep/etcd:{}", IMAGE_TAG)) {
         eprintln!("SKIPPED {TEST}: overlay networking is unavailable here: {why}");
         return;
     }
-    let lb_port = peerkeep_tests::docker::free_port_range(2);
-    let stack = peerkeep_tests::docker::SwarmStack::deploy(
+    let lb_port = free_port_range(2);
+    let stack = SwarmStack::deploy(
         "swarm",
         "compose/stack.yml",
         vec![
@@ -1016,10 +1008,7 @@ fn heavy_e2e_swarm_six_replicas_healthy_lb_serves_rolling_update_no_failed_reque
                 "PEERKEEP_LB_METRICS_PORT".to_owned(),
                 (lb_port + 1).to_string(),
             ),
-            (
-                "PEERKEEP_SWARM_DATA_SUBNET".to_owned(),
-                peerkeep_tests::docker::free_subnet(),
-            ),
+            ("PEERKEEP_SWARM_DATA_SUBNET".to_owned(), free_subnet()),
             ("PEERKEEP_NODES".to_owned(), REPLICAS.to_string()),
         ],
     );
@@ -1035,7 +1024,7 @@ fn heavy_e2e_swarm_six_replicas_healthy_lb_serves_rolling_update_no_failed_reque
     poll(
         Duration::from_secs(30),
         "a GET through the lb",
-        || match peerkeep_tests::docker::http_get(lb_addr, "/ledger", Duration::from_secs(5))? {
+        || match http_get(lb_addr, "/ledger", Duration::from_secs(5))? {
             (200, _) => Ok(()),
             (code, _) => Err(format!("HTTP {code}")),
         },
@@ -1048,7 +1037,7 @@ fn heavy_e2e_swarm_six_replicas_healthy_lb_serves_rolling_update_no_failed_reque
     // The rolling update: every node task replaced, one at a time (the stack's update_config).
     let before: BTreeSet<String> = stack.running("node").into_iter().map(|c| c.id).collect();
     let t = Instant::now();
-    peerkeep_tests::docker::run_ok(
+    run_ok(
         std::process::Command::new("docker").args([
             "service",
             "update",
