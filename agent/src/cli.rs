@@ -121,17 +121,17 @@ pub struct RunArgs {
     pub labels: Vec<(String, String)>,
 
     /// Lease time-to-live: a node that dies disappears from the registry within this time.
-    #[arg(long, env = "PEERKEEP_LEASE_TTL", default_value = "10s", value_parser = humantime::parse_duration, value_name = "DURATION", help_heading = "Registration")]
+    #[arg(long, env = "PEERKEEP_LEASE_TTL", default_value = "10s", value_parser = parse_duration, value_name = "DURATION", help_heading = "Registration")]
     pub lease_ttl: Duration,
 
     /// How long to keep retrying when another live instance holds the node id before exiting
     /// with code 4. Default: 2 × --lease-ttl.
-    #[arg(long, env = "PEERKEEP_CLAIM_TIMEOUT", value_parser = humantime::parse_duration, value_name = "DURATION", help_heading = "Registration")]
+    #[arg(long, env = "PEERKEEP_CLAIM_TIMEOUT", value_parser = parse_duration, value_name = "DURATION", help_heading = "Registration")]
     pub claim_timeout: Option<Duration>,
 
     /// On shutdown, time between marking the node draining and revoking its registration, so
     /// load balancers stop sending traffic first.
-    #[arg(long, env = "PEERKEEP_DRAIN_DELAY", default_value = "2s", value_parser = humantime::parse_duration, value_name = "DURATION", help_heading = "Shutdown")]
+    #[arg(long, env = "PEERKEEP_DRAIN_DELAY", default_value = "2s", value_parser = parse_duration, value_name = "DURATION", help_heading = "Shutdown")]
     pub drain_delay: Duration,
 
     /// Signal that asks the daemon to stop (TERM, INT, QUIT, HUP, USR1, USR2, or a number).
@@ -140,7 +140,7 @@ pub struct RunArgs {
 
     /// How long the daemon may take to stop before it is killed (logged as an unclean stop).
     /// Keep drain-delay + stop-timeout below the orchestrator's grace period.
-    #[arg(long, env = "PEERKEEP_STOP_TIMEOUT", default_value = "20s", value_parser = humantime::parse_duration, value_name = "DURATION", help_heading = "Shutdown")]
+    #[arg(long, env = "PEERKEEP_STOP_TIMEOUT", default_value = "20s", value_parser = parse_duration, value_name = "DURATION", help_heading = "Shutdown")]
     pub stop_timeout: Duration,
 
     /// Where the health server listens (/livez, /readyz, /status, /metrics).
@@ -154,7 +154,7 @@ pub struct RunArgs {
     pub health_listen: SocketAddr,
 
     /// A ready node that stays short of peers this long goes back to `starting`.
-    #[arg(long, env = "PEERKEEP_UNREADY_AFTER", default_value = "30s", value_parser = humantime::parse_duration, value_name = "DURATION", help_heading = "Health")]
+    #[arg(long, env = "PEERKEEP_UNREADY_AFTER", default_value = "30s", value_parser = parse_duration, value_name = "DURATION", help_heading = "Health")]
     pub unready_after: Duration,
 
     /// Oldest acceptable best block (e.g. 2m) for the node to be ready. Unset: the daemon's
@@ -162,7 +162,7 @@ pub struct RunArgs {
     #[arg(
         long,
         env = "PEERKEEP_MAX_LAG",
-        value_parser = humantime::parse_duration,
+        value_parser = parse_duration,
         value_name = "DURATION",
         help_heading = "Health"
     )]
@@ -188,7 +188,7 @@ pub struct RunArgs {
     pub max_peers: Option<usize>,
 
     /// How often the daemon is asked for its peers and sync status.
-    #[arg(long, env = "PEERKEEP_PEER_POLL", default_value = "1s", value_parser = humantime::parse_duration, value_name = "DURATION", help_heading = "Peers")]
+    #[arg(long, env = "PEERKEEP_PEER_POLL", default_value = "1s", value_parser = parse_duration, value_name = "DURATION", help_heading = "Peers")]
     pub peer_poll: Duration,
 
     /// Also disconnect peers that match no record (default: unknown peers are left alone).
@@ -275,6 +275,22 @@ fn parse_label(s: &str) -> Result<(String, String), String> {
     Ok((k.to_owned(), v.to_owned()))
 }
 
+/// The longest duration any flag accepts. Far beyond any sensible setting, and far enough
+/// from `Duration`'s limits that the agent's arithmetic on these values cannot overflow.
+pub const MAX_FLAG_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// Parses a human duration (`10s`, `500ms`, `2m`) of at most [`MAX_FLAG_DURATION`].
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
+    if d > MAX_FLAG_DURATION {
+        return Err(format!(
+            "{s:?} is too long: at most {}",
+            humantime::format_duration(MAX_FLAG_DURATION)
+        ));
+    }
+    Ok(d)
+}
+
 /// Parses `TERM`, `SIGTERM` or `15`.
 pub fn parse_signal(s: &str) -> Result<Signal, String> {
     let s = s.trim();
@@ -343,6 +359,32 @@ mod tests {
         ] {
             let args = ["a", "run", bad[0], bad[1], "--", "true"];
             assert!(Cli::try_parse_from(args).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    /// Regression: `--peer-poll 200000000000y` panicked ("overflow when multiplying duration
+    /// by scalar", exit 101), and `--lease-ttl 300000000000y` after the daemon had started.
+    #[test]
+    fn huge_durations_are_usage_errors_not_panics() {
+        for flag in [
+            "--lease-ttl",
+            "--claim-timeout",
+            "--drain-delay",
+            "--stop-timeout",
+            "--unready-after",
+            "--max-lag",
+            "--peer-poll",
+        ] {
+            for huge in ["200000000000y", "366days"] {
+                let err = Cli::try_parse_from(["a", "run", flag, huge, "--", "true"])
+                    .expect_err("too long accepted");
+                assert_eq!(err.exit_code(), 2, "{flag} {huge}");
+                assert!(err.to_string().contains(flag), "{flag}: {err}");
+            }
+            assert!(
+                Cli::try_parse_from(["a", "run", flag, "365days", "--", "true"]).is_ok(),
+                "{flag}: the bound itself refused"
+            );
         }
     }
 

@@ -459,3 +459,32 @@ fn oversized_labels_exit_2_naming_the_flag_before_the_daemon_starts() {
     );
     assert!(record(&etcd, "n-big").is_none());
 }
+
+/// Regression: huge durations panicked (exit 101; `--lease-ttl` only after the daemon had
+/// started), and `--min-peers 0` made the default maximum 0, disconnecting every peer.
+#[test]
+fn huge_durations_and_min_peers_0_exit_2_without_a_panic_or_a_daemon() {
+    let etcd = Etcd::start();
+    for (flag, value) in [
+        ("--peer-poll", "200000000000y"),
+        ("--lease-ttl", "300000000000y"),
+        ("--stop-timeout", "400days"),
+        ("--min-peers", "0"),
+    ] {
+        let daemon = sh("touch started; exec sleep 600");
+        let mut agent =
+            AgentProc::start(&etcd.endpoint(), "n-huge", &[flag, value], &strs(&daemon));
+        let status = agent.wait_exit(DEADLINE);
+        assert_eq!(status.code(), Some(2), "{flag} {value}: {}", agent.log());
+        assert!(
+            agent.log().contains(flag),
+            "{flag} not named: {}",
+            agent.log()
+        );
+        assert!(!agent.log().contains("panicked"), "{}", agent.log());
+        assert!(
+            !agent.path("started").exists(),
+            "{flag}: daemon started anyway"
+        );
+    }
+}

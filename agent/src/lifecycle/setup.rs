@@ -35,7 +35,8 @@ use crate::readiness::{Observation, Readiness, ReadinessParams};
 /// A loop silent this long fails liveness (the loop wakes at least every `--peer-poll`).
 const MIN_HEARTBEAT_LIMIT: Duration = Duration::from_secs(10);
 
-/// Values clap accepts but the agent cannot use, refused before anything starts.
+/// Values clap accepts but the agent cannot use, refused before anything starts (durations
+/// are bounded by the flag parser, [`crate::cli::parse_duration`]).
 fn check_flags(args: &RunArgs) -> Result<(), RunError> {
     if args.lease_ttl < MIN_TTL {
         return Err(RunError::Flag {
@@ -47,6 +48,15 @@ fn check_flags(args: &RunArgs) -> Result<(), RunError> {
         return Err(RunError::Flag {
             flag: "--peer-poll",
             reason: "must be above zero (e.g. 1s)".to_owned(),
+        });
+    }
+    if args.min_peers == 0 && args.max_peers.is_none() {
+        // The default maximum is 2 × K: 0 would have the keeper disconnect every peer.
+        return Err(RunError::Flag {
+            flag: "--min-peers",
+            reason: "0 needs an explicit --max-peers (the default, 2 × --min-peers, would be 0 \
+                     and disconnect every peer)"
+                .to_owned(),
         });
     }
     if let Some(max) = args.max_peers
@@ -108,11 +118,12 @@ pub async fn run(args: RunArgs) -> Result<i32, RunError> {
     let metrics = Arc::new(Metrics::new());
 
     let listener = server::bind(args.health_listen).await?;
-    let liveness = LivenessParams {
-        heartbeat_limit: MIN_HEARTBEAT_LIMIT.max(args.peer_poll * 5),
-        unanswered_limit: args.unready_after,
-    };
-    spawn_health_server(listener, status_rx, Arc::clone(&metrics), liveness);
+    spawn_health_server(
+        listener,
+        status_rx,
+        Arc::clone(&metrics),
+        liveness_params(&args),
+    );
     tracing::info!(listen = %args.health_listen, "health server listening");
 
     // Lazy: never fails because etcd is down.
@@ -319,11 +330,20 @@ fn keeper_config(args: &RunArgs, id: &NodeId) -> KeeperConfig {
         params: PlanParams {
             own_id: id.clone(),
             min_peers: args.min_peers,
-            max_peers: args.max_peers.unwrap_or(args.min_peers * 2),
+            max_peers: args.max_peers.unwrap_or(args.min_peers.saturating_mul(2)),
             strict_peers: args.strict_peers,
         },
         connect_deadline: DEFAULT_CONNECT_DEADLINE,
         backoff: BackoffPolicy::default(),
+    }
+}
+
+/// `/livez`'s limits: the loop wakes at least every `--peer-poll`, so five polls of silence (at
+/// least `MIN_HEARTBEAT_LIMIT`) mean it is stuck.
+fn liveness_params(args: &RunArgs) -> LivenessParams {
+    LivenessParams {
+        heartbeat_limit: MIN_HEARTBEAT_LIMIT.max(args.peer_poll.saturating_mul(5)),
+        unanswered_limit: args.unready_after,
     }
 }
 
@@ -378,6 +398,8 @@ fn spawn_keeper(
 
 #[cfg(test)]
 mod tests {
+    use clap::Parser;
+
     use super::*;
 
     fn config() -> RegistrationConfig {
@@ -395,6 +417,51 @@ mod tests {
         info.labels
             .insert("big".to_owned(), "a".repeat(label_bytes));
         info
+    }
+
+    fn run_args(flags: &[&str]) -> RunArgs {
+        let argv = ["a", "run"].iter().chain(flags).chain(&["--", "true"]);
+        match crate::cli::Cli::try_parse_from(argv)
+            .expect("parses")
+            .command
+        {
+            crate::cli::Command::Run(args) => *args,
+            other => panic!("not run: {other:?}"),
+        }
+    }
+
+    /// Regression: `--min-peers 0` made the default maximum 0, and the keeper disconnected
+    /// every peer.
+    #[test]
+    fn min_peers_0_needs_an_explicit_max_peers() {
+        let err = check_flags(&run_args(&["--min-peers", "0"])).expect_err("refused");
+        assert!(
+            matches!(
+                err,
+                RunError::Flag {
+                    flag: "--min-peers",
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert_eq!(err.exit_code(), 2);
+        assert!(check_flags(&run_args(&["--min-peers", "0", "--max-peers", "4"])).is_ok());
+        assert!(check_flags(&run_args(&["--min-peers", "3"])).is_ok());
+    }
+
+    #[test]
+    fn huge_peer_counts_and_the_longest_durations_do_not_overflow() {
+        let args = run_args(&[
+            "--min-peers",
+            &usize::MAX.to_string(),
+            "--peer-poll",
+            "365days",
+        ]);
+        assert!(check_flags(&args).is_ok());
+        let id: NodeId = "n1".parse().expect("valid id");
+        assert_eq!(keeper_config(&args, &id).params.max_peers, usize::MAX);
+        assert_eq!(liveness_params(&args).heartbeat_limit, args.peer_poll * 5);
     }
 
     /// Regression: an oversized record used to be refused only after the daemon was spawned.
