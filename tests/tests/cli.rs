@@ -429,3 +429,50 @@ async fn serve_answers_nodes_rotating_seeds_health_and_metrics_from_the_view() {
     })
     .await;
 }
+
+/// Runs `peerkeep <args>` with stdout a pipe whose reader has already gone away, as in
+/// `peerkeep ls --json | true`, and returns its exit status and stderr.
+fn run_with_closed_stdout(url: &str, args: &[&str]) -> (std::process::ExitStatus, String) {
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    drop(reader);
+    let mut cmd = command(url, args);
+    cmd.stdout(writer).stderr(Stdio::piped());
+    let mut child = spawn(cmd);
+    let mut err = child.0.stderr.take().expect("piped stderr");
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.0.try_wait().expect("try_wait") {
+            break status;
+        }
+        assert!(
+            started.elapsed() < DEADLINE,
+            "peerkeep {args:?} did not exit with its stdout closed"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut err, &mut text).expect("read stderr");
+    (status, text)
+}
+
+/// Regression: `println!` panicked on a closed stdout ("failed printing to stdout: Broken
+/// pipe", exit 101). A reader that goes away is a normal end for a command-line filter.
+#[test]
+fn closed_stdout_pipe_ends_every_printing_command_with_exit_0_not_a_panic() {
+    let etcd = Etcd::start();
+    let url = etcd.endpoint();
+    etcd.put(&node_key("n1"), &record("n1", "ready", 1, "10.0.0.1:3000"));
+    for args in [
+        &["ls", "--json"][..],
+        &["ls"],
+        &["get", "n1"],
+        &["watch"],
+        &["watch", "--json"],
+        &["drain", "n1"],
+        &["undrain", "n1"],
+    ] {
+        let (status, err) = run_with_closed_stdout(&url, args);
+        assert!(!err.contains("panicked"), "peerkeep {args:?}: {err}");
+        assert_eq!(status.code(), Some(0), "peerkeep {args:?}: {err}");
+    }
+}

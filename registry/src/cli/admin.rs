@@ -2,6 +2,7 @@
 
 use anyhow::bail;
 
+use super::out::emit;
 use crate::cli_args::EtcdArgs;
 use crate::connect::Etcd;
 use crate::control;
@@ -11,7 +12,10 @@ use crate::names::NodeId;
 pub(super) async fn drain(etcd: &Etcd, args: &EtcdArgs, id: &NodeId) -> anyhow::Result<()> {
     let keyspace = args.keyspace()?;
     control::drain(etcd, &keyspace, id).await?;
-    println!("drain requested for {id} in cluster {}", args.cluster);
+    emit(&format!(
+        "drain requested for {id} in cluster {}\n",
+        args.cluster
+    ))?;
     let snap = crate::membership::read_once(etcd, &keyspace, args.policy()).await?;
     if !snap.records.contains_key(id) {
         eprintln!(
@@ -25,9 +29,9 @@ pub(super) async fn drain(etcd: &Etcd, args: &EtcdArgs, id: &NodeId) -> anyhow::
 pub(super) async fn undrain(etcd: &Etcd, args: &EtcdArgs, id: &NodeId) -> anyhow::Result<()> {
     let keyspace = args.keyspace()?;
     if control::undrain(etcd, &keyspace, id).await? {
-        println!("drain request for {id} withdrawn");
+        emit(&format!("drain request for {id} withdrawn\n"))?;
     } else {
-        println!("no drain request for {id}; nothing to do");
+        emit(&format!("no drain request for {id}; nothing to do\n"))?;
     }
     Ok(())
 }
@@ -47,15 +51,15 @@ pub(super) async fn rm(etcd: &Etcd, args: &EtcdArgs, id: &NodeId) -> anyhow::Res
         .iter()
         .map(ToString::to_string)
         .collect();
-    println!(
-        "removed {id}: record {}, slots [{}]",
-        if removal.record_deleted {
-            "deleted"
-        } else {
-            "absent"
-        },
+    let record = if removal.record_deleted {
+        "deleted"
+    } else {
+        "absent"
+    };
+    emit(&format!(
+        "removed {id}: record {record}, slots [{}]\n",
         slots.join(",")
-    );
+    ))?;
     if let Some((lease, ttl_secs)) = removal.live_lease {
         eprintln!(
             "warning: {id}'s lease {lease:x} is alive ({ttl_secs}s left): its agent is running and \

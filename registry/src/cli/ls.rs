@@ -7,6 +7,7 @@ use serde_json::json;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
+use super::out::emit;
 use crate::cli_args::EtcdArgs;
 use crate::connect::Etcd;
 use crate::membership::read_once;
@@ -19,9 +20,9 @@ pub(super) async fn ls(etcd: &Etcd, args: &EtcdArgs, as_json: bool) -> anyhow::R
     let keyspace = args.keyspace()?;
     let snap = read_once(etcd, &keyspace, args.policy()).await?;
     if as_json {
-        println!("{}", ls_json(&snap, args.cluster.as_str()));
+        emit(&format!("{}\n", ls_json(&snap, args.cluster.as_str())))?;
     } else {
-        print!("{}", table(&snap, OffsetDateTime::now_utc()));
+        emit(&table(&snap, OffsetDateTime::now_utc()))?;
     }
     if !snap.skipped.is_empty() && !as_json {
         eprintln!(
@@ -37,7 +38,7 @@ pub(super) async fn get(etcd: &Etcd, args: &EtcdArgs, id: &NodeId) -> anyhow::Re
     let keyspace = args.keyspace()?;
     let snap = read_once(etcd, &keyspace, args.policy()).await?;
     if let Some(record) = snap.records.get(id) {
-        println!("{}", serde_json::to_string_pretty(record)?);
+        emit(&format!("{}\n", serde_json::to_string_pretty(record)?))?;
         return Ok(());
     }
     let key = format!("{:?}", keyspace.node_key(id));

@@ -4,11 +4,13 @@
 //! [`run`] to an exit code with [`exit_code`]; everything else lives here, where tests reach it.
 //!
 //! Exit codes (DESIGN.md): 0 success; 1 runtime error (including "no such node"); 2 usage error;
-//! 5 etcd unreachable. Commands that need etcd probe it first, so an unreachable etcd is reported
+//! 5 etcd unreachable. A stdout closed by its reader (`peerkeep ls | head -1`) is a normal end,
+//! exit 0. Commands that need etcd probe it first, so an unreachable etcd is reported
 //! within the connect timeout with the endpoints named, instead of hanging in a retry loop.
 
 mod admin;
 mod ls;
+mod out;
 mod serve;
 mod watch;
 
@@ -109,9 +111,16 @@ pub struct ServeArgs {
     pub etcd: EtcdArgs,
 }
 
-/// Runs one command to completion.
+/// Runs one command to completion. A stdout closed by its reader ends the command normally.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
-    match cli.command {
+    match run_command(cli.command).await {
+        Err(e) if out::is_stdout_closed(&e) => Ok(()),
+        other => other,
+    }
+}
+
+async fn run_command(command: Command) -> anyhow::Result<()> {
+    match command {
         Command::Ls(a) => ls::ls(&reachable(&a.etcd).await?, &a.etcd, a.json).await,
         Command::Get(a) => ls::get(&reachable(&a.etcd).await?, &a.etcd, &a.id).await,
         Command::Watch(a) => watch::watch(reachable(&a.etcd).await?, &a.etcd, a.json).await,

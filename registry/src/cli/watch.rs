@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use serde_json::json;
 
+use super::out::emit;
 use crate::cli_args::EtcdArgs;
 use crate::connect::Etcd;
 use crate::membership::Membership;
@@ -101,7 +102,7 @@ pub(super) async fn watch(etcd: Etcd, args: &EtcdArgs, as_json: bool) -> anyhow:
         let cur = rx.borrow_and_update().clone();
         if cur.initialized {
             for change in diff(&prev, &cur) {
-                println!("{}", line(&change, cur.revision, as_json));
+                emit(&format!("{}\n", line(&change, cur.revision, as_json)))?;
             }
             prev = cur;
         }
