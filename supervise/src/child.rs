@@ -85,4 +85,10 @@ impl ChildHandle {
     pub fn signal_group(&self, signal: Signal) -> Result<(), Errno> {
         killpg(self.pid, signal)
     }
+
+    /// Whether any process is left in the child's process group, zombies not yet reaped
+    /// included (the kernel keeps a group's id out of reuse for as long as that is true).
+    pub(crate) fn group_alive(&self) -> bool {
+        killpg(self.pid, None).is_ok()
+    }
 }

@@ -1,8 +1,9 @@
-//! Ending children: [`Supervisor::stop`] for one child with a deadline, [`Supervisor::sweep`]
-//! for everything left when PID 1 exits.
+//! Ending children: [`Supervisor::stop`] for one child with a deadline — and whatever is left of
+//! its process group once it has exited — and [`Supervisor::sweep`] for everything left when
+//! PID 1 exits.
 
 use std::future::Future;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::sys::signal::{Signal, kill};
@@ -16,6 +17,11 @@ use crate::supervisor::Supervisor;
 /// How long to wait for processes to disappear after SIGKILL. Only a process stuck in
 /// uninterruptible sleep outlives SIGKILL; the container runtime's own kill is the backstop.
 const AFTER_KILL: Duration = Duration::from_secs(5);
+/// How long members of the child's process group may outlive the child before SIGKILL. They
+/// got the stop signal together with the child, so this is only a short courtesy.
+const GROUP_GRACE: Duration = Duration::from_secs(2);
+/// How often to look whether the child's process group is empty.
+const GROUP_POLL: Duration = Duration::from_millis(20);
 
 /// How [`Supervisor::stop`] ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -46,6 +52,11 @@ impl Supervisor {
     /// and waits for the reaper to collect it. `skip` (typically a second shutdown request)
     /// cuts the wait short. A child that has already exited is returned as is.
     ///
+    /// Either way, stop returns only once the child's process group is empty: members that
+    /// outlive the child (helpers it forked, background jobs) get SIGTERM and SIGCONT, and
+    /// SIGKILL after a short grace (2 s). Outside PID 1 there is no sweep, so they would
+    /// otherwise outlive their supervisor, orphaned. The outcome describes the child only.
+    ///
     /// The wait after SIGKILL is unbounded: only the kernel can keep a process alive past it.
     pub async fn stop<F: Future>(
         &self,
@@ -56,6 +67,7 @@ impl Supervisor {
     ) -> StopOutcome {
         let pid = child.pid().as_raw();
         if let Some(status) = child.try_status() {
+            end_group(child).await;
             return StopOutcome {
                 status,
                 killed: false,
@@ -79,6 +91,7 @@ impl Supervisor {
         };
         if let Some(status) = ended {
             info!(pid, %status, "child stopped");
+            end_group(child).await;
             return StopOutcome {
                 status,
                 killed: false,
@@ -87,6 +100,7 @@ impl Supervisor {
         send_to_group(child, Signal::SIGKILL);
         let status = child.wait().await;
         warn!(pid, %status, "child killed (unclean stop)");
+        end_group(child).await;
         StopOutcome {
             status,
             killed: true,
@@ -120,6 +134,53 @@ impl Supervisor {
             warn!("children still present after SIGKILL");
         }
         SweepOutcome::Killed { remaining }
+    }
+}
+
+/// Ends what is left of `child`'s process group after the child itself has been reaped:
+/// SIGTERM and SIGCONT, up to [`GROUP_GRACE`] to exit, then SIGKILL and up to [`AFTER_KILL`].
+///
+/// Only the child's own group is signalled, never anything else, so this is safe outside PID 1.
+/// The group keeps its id for as long as it has a member (zombies included, and orphaned members
+/// come to our reaper as subreaper or PID 1), and the signals stop once it is empty, so they
+/// cannot reach a process that merely reused the number.
+async fn end_group(child: &ChildHandle) {
+    if !child.group_alive() {
+        return;
+    }
+    let pid = child.pid().as_raw();
+    info!(
+        pid,
+        grace = ?GROUP_GRACE,
+        "the child has exited but members of its process group remain; stopping them"
+    );
+    for sig in [Signal::SIGTERM, Signal::SIGCONT] {
+        send_to_group(child, sig);
+    }
+    if group_gone(child, GROUP_GRACE).await {
+        return;
+    }
+    warn!(pid, grace = ?GROUP_GRACE, "members of the child's process group outlived it; killing them");
+    send_to_group(child, Signal::SIGKILL);
+    if !group_gone(child, AFTER_KILL).await {
+        warn!(
+            pid,
+            "members of the child's process group still present after SIGKILL"
+        );
+    }
+}
+
+/// Waits up to `limit` for `child`'s process group to be empty; true when it is.
+async fn group_gone(child: &ChildHandle, limit: Duration) -> bool {
+    let end = Instant::now() + limit;
+    loop {
+        if !child.group_alive() {
+            return true;
+        }
+        if Instant::now() >= end {
+            return false;
+        }
+        tokio::time::sleep(GROUP_POLL).await;
     }
 }
 

@@ -196,3 +196,46 @@ fn sweep_does_nothing_unless_pid1() {
         assert!(nix::sys::signal::kill(child.pid(), None).is_ok());
     });
 }
+
+/// Regression: stop() returned as soon as the child was reaped, leaving members of its process
+/// group that outlived it running (here a background job that ignores TERM). Outside PID 1
+/// nothing swept them, and they were orphaned when the agent exited.
+#[test]
+fn group_members_that_outlive_the_stopped_child_are_ended_before_stop_returns() {
+    with_supervisor(|sup| async move {
+        let dir = tempfile::tempdir().unwrap();
+        // The grandchild stays in the child's group (no setsid) and ignores TERM; the child
+        // itself exits cleanly on TERM.
+        let script = "(trap '' TERM; touch $D/gc-ready; exec sleep 30) & \
+                      echo $! > $D/grandchild; trap 'exit 0' TERM; touch $D/ready; wait";
+        let child = sup.spawn(&mut sh(dir.path(), script)).unwrap();
+        let _guard = KillGroupOnDrop(child.pid());
+        file_appears(&dir.path().join("ready")).await;
+        file_appears(&dir.path().join("gc-ready")).await;
+        let grandchild = eventually("the grandchild pid", || {
+            read_pid(&dir.path().join("grandchild"))
+        })
+        .await;
+        let outcome = sup
+            .stop(
+                &child,
+                Signal::SIGTERM,
+                common::DEADLINE,
+                std::future::pending::<()>(),
+            )
+            .await;
+        assert_eq!(
+            outcome,
+            StopOutcome {
+                status: ExitStatus::Code(0),
+                killed: false
+            },
+            "the outcome is the child's own"
+        );
+        assert_eq!(
+            proc_state(grandchild),
+            None,
+            "a member of the child's group outlived stop()"
+        );
+    });
+}
