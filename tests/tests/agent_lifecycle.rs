@@ -488,3 +488,48 @@ fn huge_durations_and_min_peers_0_exit_2_without_a_panic_or_a_daemon() {
         );
     }
 }
+
+/// Regression: after "id taken", the daemon was stopped without the liveness heartbeat the
+/// shutdown keeps, so `/livez` failed ("agent loop silent") during a long `--stop-timeout`.
+#[test]
+fn liveness_stays_ok_while_the_daemon_is_stopped_after_the_id_was_taken() {
+    let etcd = Etcd::start();
+    let first_daemon = sh("exec sleep 600");
+    let _first = AgentProc::start(&etcd.endpoint(), "n-taken", &[], &strs(&first_daemon));
+    eventually(DEADLINE, "first agent registered", || {
+        record(&etcd, "n-taken")
+    });
+
+    // Ignores TERM, so the stop lasts the whole stop timeout, past the 10 s heartbeat limit.
+    let second_daemon = sh("trap '' TERM; while :; do sleep 0.1; done");
+    let mut second = AgentProc::start(
+        &etcd.endpoint(),
+        "n-taken",
+        &["--claim-timeout", "1s", "--stop-timeout", "13s"],
+        &strs(&second_daemon),
+    );
+    eventually(DEADLINE, "second agent stopping its daemon", || {
+        second
+            .status()
+            .filter(|s| s["lifecycle"] == "stopping")
+            .map(|_| ())
+    });
+    let stopping = Instant::now();
+    while stopping.elapsed() < Duration::from_secs(11) {
+        let (code, out) = second.health_cmd("live");
+        assert_eq!(
+            code,
+            0,
+            "liveness failed while stopping, after {:?}: {out}; log:\n{}",
+            stopping.elapsed(),
+            second.log()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert_eq!(
+        second.wait_exit(DEADLINE).code(),
+        Some(4),
+        "log:\n{}",
+        second.log()
+    );
+}

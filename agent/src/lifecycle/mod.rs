@@ -225,14 +225,14 @@ impl Agent {
         self.phase.advance(Phase::Stopping, "error");
         self.publish_status();
         self.revoke().await;
+        // Beating like the shutdown's stop: a long --stop-timeout must not fail /livez.
         let outcome = self
-            .sup
-            .stop(
+            .beating(self.sup.stop(
                 &self.daemon,
                 self.params.stop_signal,
                 self.params.stop_timeout,
                 self.requests.at_least(self.requests.received() + 1),
-            )
+            ))
             .await;
         if outcome.killed {
             tracing::error!(
