@@ -346,9 +346,11 @@ fn heavy_e2e_kill_node_record_expires_within_ttl_and_peers_replace_it() {
             .contains_key(&victim_id),
         "{victim_id} still in `peerkeep ls`"
     );
-    // etcd checks lease expiry twice a second; 1 s of margin for that and the watch's delivery.
+    // The last keepalive was at most TTL/3 before the kill, so the lease ends within the TTL.
+    // The margin covers etcd's expiry check (twice a second) and the removal's way to the test
+    // (watch, `docker exec`, a reader thread) on a loaded machine: measured 10.0–10.2 s.
     assert!(
-        expired <= LEASE_TTL + Duration::from_secs(1),
+        expired <= LEASE_TTL + Duration::from_secs(2),
         "the record of {victim_id} outlived its lease: removed {expired:?} after the kill"
     );
     // Its former peers hold min(K, others) peers again, none of them the dead node.
