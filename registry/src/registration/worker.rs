@@ -71,6 +71,14 @@ enum Sync {
     Raced,
 }
 
+/// What [`Worker::write_keys`] expects to find, as read just before the write.
+struct Expect {
+    /// `None`: the node key must be absent; `Some(rev)`: unchanged since revision `rev`.
+    node_mod_revision: Option<i64>,
+    /// `slots/{n}` must already name us; otherwise it must be absent.
+    slot_names_us: bool,
+}
+
 /// The state of the two keys as read in one transaction.
 struct Keys {
     node: Option<(Vec<u8>, i64, i64)>,
@@ -276,36 +284,14 @@ impl Worker {
         })?;
         let lease = self.ensure_lease().await?;
         let (bytes, generation) = self.desired_bytes(choice.slot)?;
-        let slot_key = ks.slot_key(choice.slot);
-        let node_cmp = match node_kv {
-            None => Compare::version(node_key.as_str(), CompareOp::Equal, 0),
-            Some(kv) => {
-                Compare::mod_revision(node_key.as_str(), CompareOp::Equal, kv.mod_revision())
-            }
+        let expect = Expect {
+            node_mod_revision: node_kv.map(KeyValue::mod_revision),
+            slot_names_us: choice.already_ours,
         };
-        let slot_cmp = if choice.already_ours {
-            Compare::value(slot_key.as_str(), CompareOp::Equal, self.cfg.id.as_str())
-        } else {
-            Compare::version(slot_key.as_str(), CompareOp::Equal, 0)
-        };
-        let write = Txn::new().when(vec![node_cmp, slot_cmp]).and_then(vec![
-            TxnOp::put(
-                node_key.as_str(),
-                bytes.clone(),
-                Some(PutOptions::new().with_lease(lease)),
-            ),
-            TxnOp::put(
-                slot_key.as_str(),
-                self.cfg.id.as_str(),
-                Some(PutOptions::new().with_lease(lease)),
-            ),
-        ]);
-        let resp = self
-            .etcd
-            .txn(&node_key, write)
-            .await
-            .map_err(|e| crate::connect::lease_error(e, lease))?;
-        if !resp.succeeded() {
+        if !self
+            .write_keys(choice.slot, bytes.clone(), lease, expect)
+            .await?
+        {
             return Ok(Claim::Retry);
         }
         self.written = Some(bytes);
@@ -555,39 +541,51 @@ impl Worker {
             None => true,
             Some((v, _, _)) => self.written.as_deref() != Some(v.as_slice()),
         } || keys.slot.is_none();
+        let expect = Expect {
+            node_mod_revision: keys.node.as_ref().map(|(_, rev, _)| *rev),
+            slot_names_us: keys.slot.is_some(),
+        };
+        if !self.write_keys(slot, bytes.clone(), lease, expect).await? {
+            return Ok(Sync::Raced);
+        }
+        self.written = Some(bytes);
+        self.mark_written(generation);
+        Ok(Sync::Written { restored })
+    }
+
+    /// The one write of the node's keys, shared by the claim and the repair so that they cannot
+    /// drift apart: the record and `slots/{n}` (naming us) put under `lease`, in one
+    /// transaction guarded by `expect`. Returns whether the guard held and the keys were written.
+    async fn write_keys(
+        &self,
+        slot: Slot,
+        record: Vec<u8>,
+        lease: i64,
+        expect: Expect,
+    ) -> Result<bool, RegistryError> {
         let node_key = self.cfg.keyspace.node_key(&self.cfg.id);
         let slot_key = self.cfg.keyspace.slot_key(slot);
-        let node_cmp = match &keys.node {
+        let me = self.cfg.id.as_str();
+        let node_cmp = match expect.node_mod_revision {
             None => Compare::version(node_key.as_str(), CompareOp::Equal, 0),
-            Some((_, rev, _)) => Compare::mod_revision(node_key.as_str(), CompareOp::Equal, *rev),
+            Some(rev) => Compare::mod_revision(node_key.as_str(), CompareOp::Equal, rev),
         };
-        let slot_cmp = match &keys.slot {
-            None => Compare::version(slot_key.as_str(), CompareOp::Equal, 0),
-            Some(_) => Compare::value(slot_key.as_str(), CompareOp::Equal, me),
+        let slot_cmp = if expect.slot_names_us {
+            Compare::value(slot_key.as_str(), CompareOp::Equal, me)
+        } else {
+            Compare::version(slot_key.as_str(), CompareOp::Equal, 0)
         };
+        let under_lease = || Some(PutOptions::new().with_lease(lease));
         let write = Txn::new().when(vec![node_cmp, slot_cmp]).and_then(vec![
-            TxnOp::put(
-                node_key.as_str(),
-                bytes.clone(),
-                Some(PutOptions::new().with_lease(lease)),
-            ),
-            TxnOp::put(
-                slot_key.as_str(),
-                me,
-                Some(PutOptions::new().with_lease(lease)),
-            ),
+            TxnOp::put(node_key.as_str(), record, under_lease()),
+            TxnOp::put(slot_key.as_str(), me, under_lease()),
         ]);
         let resp = self
             .etcd
             .txn(&node_key, write)
             .await
             .map_err(|e| crate::connect::lease_error(e, lease))?;
-        if !resp.succeeded() {
-            return Ok(Sync::Raced);
-        }
-        self.written = Some(bytes);
-        self.mark_written(generation);
-        Ok(Sync::Written { restored })
+        Ok(resp.succeeded())
     }
 
     fn desired_bytes(&mut self, slot: Slot) -> Result<(Vec<u8>, u64), RegistryError> {
