@@ -5,7 +5,8 @@
 //! - every command runs with a deadline and is killed after it ([`run`]);
 //! - a [`Project`] is a compose project under a name, host ports and subnet of its own, so it
 //!   neither touches nor collides with a demo the user runs; dropping it runs
-//!   `down --volumes --remove-orphans`, panics included;
+//!   `down --volumes --remove-orphans`, panics included; projects left by a test process that
+//!   was killed before its guards ran are removed by the next test that starts a project;
 //! - traffic goes only to the project's own containers: the lb's ports published on loopback,
 //!   and the containers' addresses on the project's own `data` network;
 //! - images are built once per set of binaries ([`ensure_images`]), from the binaries the test
@@ -435,6 +436,7 @@ impl Project {
     /// tag, a unique name made from `tag` and the process id, and no restart policy (a
     /// crashing container shows as exited instead of restarting in a loop).
     pub fn new(tag: &str, files: &[&str], env: Vec<(String, String)>) -> Self {
+        remove_stale_projects();
         let mut all_env = vec![
             ("PEERKEEP_IMAGE_TAG".to_owned(), IMAGE_TAG.to_owned()),
             ("PEERKEEP_RESTART".to_owned(), "no".to_owned()),
@@ -443,7 +445,7 @@ impl Project {
         all_env.extend(env);
         let files: Vec<String> = files.iter().map(|f| (*f).to_owned()).collect();
         Self {
-            name: format!("pk-e2e-{tag}-{}", std::process::id()),
+            name: format!("{PROJECT_PREFIX}{tag}-{}", std::process::id()),
             compose: compose_program().expect("compose is installed (checked by the caller)"),
             down_files: files.clone(),
             files,
@@ -604,6 +606,69 @@ impl Drop for Project {
                 "cleanup: `down` of project {} failed: {}\n{}",
                 self.name, out.stdout, out.stderr
             );
+        }
+    }
+}
+
+/// Every project of these tests is named `pk-e2e-<tag>-<pid of the test process>`.
+const PROJECT_PREFIX: &str = "pk-e2e-";
+
+/// Removes the containers, networks and volumes of projects left by test processes that no
+/// longer exist (killed before their guards ran, e.g. by a test runner's timeout). Only
+/// projects named by [`Project::new`] whose process is gone are touched.
+fn remove_stale_projects() {
+    let listed = docker(
+        &[
+            "ps",
+            "-a",
+            "--filter",
+            "label=com.docker.compose.project",
+            "--format",
+            "{{.Label \"com.docker.compose.project\"}}",
+        ],
+        SHORT,
+    );
+    let stale: std::collections::BTreeSet<&str> = listed
+        .stdout
+        .lines()
+        .filter(|name| {
+            name.strip_prefix(PROJECT_PREFIX)
+                .and_then(|rest| rest.rsplit_once('-'))
+                .and_then(|(_, pid)| pid.parse::<u32>().ok())
+                .is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists())
+        })
+        .collect();
+    for name in stale {
+        eprintln!("removing project {name}, left behind by a test process that is gone");
+        let label = format!("label=com.docker.compose.project={name}");
+        for (kind, list, rm) in [
+            (
+                "container",
+                vec!["ps", "-a", "-q"],
+                vec!["rm", "--force", "--volumes"],
+            ),
+            (
+                "network",
+                vec!["network", "ls", "-q"],
+                vec!["network", "rm"],
+            ),
+            (
+                "volume",
+                vec!["volume", "ls", "-q"],
+                vec!["volume", "rm", "--force"],
+            ),
+        ] {
+            let mut args = list;
+            args.extend(["--filter", &label]);
+            let ids = docker(&args, SHORT).stdout;
+            for id in ids.split_whitespace() {
+                let mut args = rm.clone();
+                args.push(id);
+                let out = docker(&args, Duration::from_secs(60));
+                if !out.ok {
+                    eprintln!("  could not remove {kind} {id}: {}", out.stderr.trim());
+                }
+            }
         }
     }
 }
