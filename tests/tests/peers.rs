@@ -135,6 +135,20 @@ fn heavy_peers_survivors_recover_through_the_adapter_before_leases_expire() {
     eventually(Duration::from_secs(60), "every node has >= K peers", || {
         all_at_least(&nodes, K)
     });
+    // Every node registered, so the dead ones stay in etcd (60 s leases) as candidates.
+    eventually(Duration::from_secs(30), "all 12 nodes registered", || {
+        let out = etcd.etcdctl(&[
+            "get",
+            "--prefix",
+            "--keys-only",
+            "/peerkeep/v1/clusters/default/nodes/",
+        ]);
+        (String::from_utf8_lossy(&out.stdout)
+            .matches("/nodes/")
+            .count()
+            == 12)
+            .then_some(())
+    });
     let killed_at = Instant::now();
     let dead: Vec<FleetNode> = (0..4).map(|_| nodes.remove(nodes.len() - 1)).collect();
     for mut d in dead {
