@@ -1283,6 +1283,7 @@ impl Swarm {
     /// Makes this engine a single-node swarm manager, or says why that can't be done here. An
     /// engine that is in a swarm already is not ours to change: that is a reason too.
     pub fn init() -> Result<Self, String> {
+        leave_stale_swarm();
         let state = docker_ok(&["info", "--format", "{{.Swarm.LocalNodeState}}"], SHORT);
         if state.trim() != "inactive" {
             return Err(format!(
@@ -1359,6 +1360,51 @@ impl Swarm {
     }
 }
 
+/// Leaves a swarm that a killed test process left behind: one advertised on 127.0.0.1 whose
+/// services all belong to stacks named by [`SwarmStack::deploy`] for processes that are gone.
+/// Any other swarm (someone's own, or one with no such stack) is left alone.
+fn leave_stale_swarm() {
+    let info = docker(
+        &[
+            "info",
+            "--format",
+            "{{.Swarm.LocalNodeState}} {{.Swarm.NodeAddr}}",
+        ],
+        SHORT,
+    );
+    if info.stdout.trim() != "active 127.0.0.1" {
+        return;
+    }
+    let services = docker(&["service", "ls", "--format", "{{.Name}}"], SHORT);
+    if !services.ok {
+        return;
+    }
+    let stacks: std::collections::BTreeSet<Option<&str>> = services
+        .stdout
+        .lines()
+        .map(|service| {
+            let (stack, _) = service.split_once('_')?;
+            let pid = stack.strip_prefix(PROJECT_PREFIX)?.rsplit_once('-')?.1;
+            let gone = !Path::new(&format!("/proc/{}", pid.parse::<u32>().ok()?)).exists();
+            gone.then_some(stack)
+        })
+        .collect();
+    if stacks.is_empty() || stacks.contains(&None) {
+        return;
+    }
+    for stack in stacks.into_iter().flatten() {
+        eprintln!("removing stack {stack}, left behind by a test process that is gone");
+        drop(SwarmStack {
+            name: stack.to_owned(),
+            env: Vec::new(),
+        });
+    }
+    eprintln!("leaving the swarm that test process created");
+    let _ = docker(&["swarm", "leave", "--force"], Duration::from_secs(120));
+    // Its `docker_gwbridge` outlives the swarm; unused now, and made again by the next init.
+    let _ = docker(&["network", "rm", "docker_gwbridge"], SHORT);
+}
+
 impl Drop for Swarm {
     fn drop(&mut self) {
         let out = docker(&["swarm", "leave", "--force"], Duration::from_secs(120));
@@ -1387,7 +1433,7 @@ impl SwarmStack {
         let mut all_env = vec![("PEERKEEP_IMAGE_TAG".to_owned(), IMAGE_TAG.to_owned())];
         all_env.extend(env);
         let stack = Self {
-            name: format!("pk-e2e-{tag}-{}", std::process::id()),
+            name: format!("{PROJECT_PREFIX}{tag}-{}", std::process::id()),
             env: all_env,
         };
         let mut cmd = Command::new("docker");
