@@ -256,10 +256,10 @@ pub fn steady_state(bins: &Bins, etcd: &Etcd, s: &Settings) -> Result<()> {
         s.warmup
     );
     println!(
-        "| agent with | VmRSS | VmRSS max over window | RssAnon / RssFile | Pss | VmHWM | threads | CPU over {:.0} s | target RSS < 10 MiB | target CPU < 0.5 % |",
+        "| agent with | VmRSS | VmRSS max over window | RssAnon / RssFile | VmHWM | threads | CPU over {:.0} s | target RSS < 10 MiB | target CPU < 0.5 % |",
         window.as_secs_f64()
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|");
     for (i, (d, n)) in nodes.iter().enumerate() {
         let pid = n.proc.pid();
         let ticks = cpu_ticks(pid)? - start[i];
@@ -267,13 +267,12 @@ pub fn steady_state(bins: &Bins, etcd: &Etcd, s: &Settings) -> Result<()> {
         let rss = status_field(pid, "VmRSS")?;
         let mib = |kib: u64| kib as f64 / 1024.0;
         println!(
-            "| {} | {:.1} MiB | {:.1} MiB | {:.1} / {:.1} MiB | {:.1} MiB | {:.1} MiB | {} | {cpu_pct:.2} % ({ticks} ticks) | {} | {} |",
+            "| {} | {:.1} MiB | {:.1} MiB | {:.1} / {:.1} MiB | {:.1} MiB | {} | {cpu_pct:.2} % ({ticks} ticks) | {} | {} |",
             d.label(),
             mib(rss),
             mib(max_rss[i]),
             mib(status_field(pid, "RssAnon")?),
             mib(status_field(pid, "RssFile")?),
-            mib(pss_kib(pid)?),
             mib(status_field(pid, "VmHWM")?),
             status_field(pid, "Threads")?,
             verdict(mib(max_rss[i].max(rss)) < 10.0),
@@ -282,17 +281,6 @@ pub fn steady_state(bins: &Bins, etcd: &Etcd, s: &Settings) -> Result<()> {
     }
     let (_, listener) = &nodes[1];
     health_wall_time(bins, listener.health, s.health_runs)
-}
-
-/// Proportional set size (shared pages split between the processes mapping them), in KiB.
-fn pss_kib(pid: i32) -> Result<u64> {
-    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
-        .with_context(|| format!("/proc/{pid}/smaps_rollup"))?;
-    rollup
-        .lines()
-        .find_map(|l| l.strip_prefix("Pss:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .context("Pss missing from smaps_rollup")
 }
 
 /// `peerkeep-agent health` (live and ready probes) against a running agent, interleaved with
