@@ -116,7 +116,6 @@ pub fn plan(
     let mut out = Plan::default();
     let mut keep: Vec<(&Peer, Option<&NodeRecord>)> = Vec::new();
     let mut links: BTreeMap<&NodeId, Vec<&Peer>> = BTreeMap::new();
-    let mut leaving = 0;
     for peer in &peers {
         // A daemon listing itself (a self-dial) is nobody's record to act on.
         let record = index.lookup(peer).filter(|r| r.id != params.own_id);
@@ -134,7 +133,6 @@ pub fn plan(
             }
         };
         if let Some(reason) = reason {
-            leaving += 1;
             out.actions.push(Action::Disconnect {
                 addr: peer.addr,
                 id: record.map(|r| r.id.clone()),
@@ -154,8 +152,8 @@ pub fn plan(
             });
         }
     }
-    // Distinct peers: two links to the same node are one peer.
-    out.degree = keep.len() + leaving;
+    // Distinct peers: two links to the same node are one peer (the count readiness uses).
+    out.degree = degree_in(&index, observed, &params.own_id);
 
     trim_above_max(&mut keep, params, &mut out.actions);
     let remaining = keep.len();
@@ -295,6 +293,30 @@ pub fn connected_ids(
         .filter(|r| &r.id != own)
         .map(|r| r.id.clone())
         .collect()
+}
+
+/// The number of distinct peers among `observed`, as [`plan`] counts its degree: listings of
+/// one address count once, links that map to one record count once (draining records
+/// included: they are still peers until disconnected), and every other address counts once
+/// (unmapped peers, a daemon listing itself). Readiness uses it, so that the node's readiness
+/// and the keeper agree on how many peers it has.
+pub fn distinct_degree(observed: &[Peer], view: &MembershipSnapshot, own: &NodeId) -> usize {
+    degree_in(&RecordIndex::new(view), observed, own)
+}
+
+fn degree_in(index: &RecordIndex<'_>, observed: &[Peer], own: &NodeId) -> usize {
+    let mut addrs = BTreeSet::new();
+    let mut ids = BTreeSet::new();
+    let mut others = 0;
+    for peer in observed.iter().filter(|p| addrs.insert(p.addr)) {
+        match index.lookup(peer).filter(|r| &r.id != own) {
+            Some(r) => {
+                ids.insert(&r.id);
+            }
+            None => others += 1,
+        }
+    }
+    ids.len() + others
 }
 
 /// Maps daemon peers to records by `p2p` address or identity.

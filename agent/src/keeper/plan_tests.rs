@@ -468,3 +468,42 @@ fn a_syncing_daemon_dials_a_ready_node_when_no_outbound_link_reaches_one() {
     // Never beyond the maximum.
     assert!(connects(&plan(&observed, &v, &params(2, 2), &st, Instant::now())).is_empty());
 }
+
+/// Regression: readiness counted the daemon's raw links (`peers.len()`: a node listed twice,
+/// or linked both ways, counted twice) while the keeper counted distinct peers.
+#[test]
+fn readiness_degree_counts_distinct_peers_exactly_as_the_keeper_does() {
+    let v = view(&[Ready, Ready, Draining]);
+    let linked = |n: u8, port: u16, dir: Direction, who: &str| Peer {
+        addr: SocketAddr::from(([10, 0, 0, n], port)),
+        direction: Some(dir),
+        identity: Some(who.into()),
+    };
+    let stranger = |port: u16| Peer {
+        addr: SocketAddr::from(([192, 0, 2, 9], port)),
+        direction: None,
+        identity: None,
+    };
+    #[rustfmt::skip]
+    let rows: Vec<(&str, Vec<Peer>, usize)> = vec![
+        ("nothing",                        vec![], 0),
+        ("one address listed twice",       vec![peer(2, None), peer(2, None)], 1),
+        ("both-way links to one node",     vec![linked(2, 3000, Direction::Outbound, "n1"),
+                                                linked(2, 50123, Direction::Inbound, "n1")], 1),
+        ("two links to a draining node",   vec![peer(4, None), linked(4, 40000, Direction::Inbound, "n3")], 1),
+        ("unmapped peers count each",      vec![stranger(1), stranger(2), stranger(2)], 2),
+        ("mixed",                          vec![peer(2, None), peer(3, None), peer(3, None), stranger(1)], 3),
+    ];
+    for (name, observed, want) in rows {
+        let own = id("me");
+        assert_eq!(distinct_degree(&observed, &v, &own), want, "{name}");
+        let p = plan(
+            &observed,
+            &v,
+            &params(3, 6),
+            &KeeperState::default(),
+            Instant::now(),
+        );
+        assert_eq!(p.degree, want, "{name}: the keeper's degree");
+    }
+}

@@ -8,7 +8,7 @@ use peerkeep_registry::registration::Registration;
 
 use super::daemon::{self, DaemonProbe};
 use super::{Agent, RunError, setup};
-use crate::keeper::PeerObservation;
+use crate::keeper::{self, PeerObservation};
 use crate::readiness;
 
 /// Consecutive failed probes after which a daemon that answered before counts as unreachable
@@ -54,7 +54,11 @@ impl Agent {
                 self.observation.reachable = true;
                 self.observation.synced = report.synced;
                 self.observation.lag = report.lag;
-                self.observation.peers = report.peers.as_ref().map(Vec::len);
+                // Distinct peers, counted as the keeper counts its degree.
+                let degree = report.peers.as_ref().map(|peers| {
+                    keeper::plan::distinct_degree(peers, &self.view.borrow(), self.node_id())
+                });
+                self.observation.peers = degree;
                 self.peer_observations
                     .send_replace(report.peers.map(|peers| {
                         Arc::new(PeerObservation {
