@@ -94,15 +94,17 @@ pub struct Settings {
     pub trials: usize,
 }
 
-/// One agent under test with the temp dir it runs in.
+/// One agent under test with the temp dir it runs in. Fields drop in this order: the agent
+/// first, then the FIFO (which needs its path to release a blocked reader), then the dir.
 struct Node {
     proc: Proc,
-    health: SocketAddr,
+    /// What the listener daemon reports (`waiting`, `listening`, `accepted`), when started
+    /// with `go`.
+    fifo: Option<Fifo>,
     dir: TempDir,
+    health: SocketAddr,
     cluster: String,
     id: String,
-    /// What the listener daemon reports (`waiting`, `listening`), when started with `go`.
-    fifo: Option<Fifo>,
 }
 
 /// Which daemon an agent supervises.
