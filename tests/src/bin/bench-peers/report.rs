@@ -116,10 +116,14 @@ pub fn table(cells: &[Cell]) -> String {
     s
 }
 
+/// `a ÷ b` as "12.0×", or as "1/40" when `a` is the smaller, so small ratios keep their digits.
 fn ratio(a: Option<Duration>, b: Option<Duration>) -> String {
     match (a, b) {
-        (Some(a), Some(b)) if b > Duration::ZERO => {
+        (Some(a), Some(b)) if a >= b && b > Duration::ZERO => {
             format!("{:.1}×", a.as_secs_f64() / b.as_secs_f64())
+        }
+        (Some(a), Some(b)) if a > Duration::ZERO => {
+            format!("1/{:.0}", b.as_secs_f64() / a.as_secs_f64())
         }
         _ => "–".to_owned(),
     }
@@ -280,7 +284,7 @@ mod tests {
             },
         ];
         let r = ratios(&cells);
-        assert!(r.contains("| 10 | 12.0× | 0.5× |"), "{r}");
+        assert!(r.contains("| 10 | 12.0× | 1/2 |"), "{r}");
     }
 
     #[test]
