@@ -83,7 +83,7 @@ pub struct Plan {
     pub candidates: Vec<NodeId>,
     /// Connected peers mapped to records, by id.
     pub mapped: BTreeMap<NodeId, SocketAddr>,
-    /// Connected peers that map to no record.
+    /// Connected peers that map to no record, or ambiguously to several.
     pub unmapped: usize,
 }
 
@@ -92,7 +92,9 @@ pub struct Plan {
 /// - the degree counts every distinct peer the daemon reports, inbound included; two links to
 ///   the same node count once, and the one not dialed by the smaller id is dropped;
 /// - a peer maps to a record when its address is the record's `p2p` endpoint or its identity is
-///   the record's id or identity label;
+///   the record's id or identity label; when several records claim it, the one not `draining`
+///   wins, and without a single such record the peer counts as unmapped and is never
+///   disconnected (not even with `strict_peers`);
 /// - candidates are peerable records (`starting`/`ready`) with a `p2p` endpoint, not ourselves,
 ///   not connected, not pending, not backing off, best rendezvous weight first; at most
 ///   `K − degree − in_flight` of them are dialed;
@@ -117,15 +119,20 @@ pub fn plan(
     let mut keep: Vec<(&Peer, Option<&NodeRecord>)> = Vec::new();
     let mut links: BTreeMap<&NodeId, Vec<&Peer>> = BTreeMap::new();
     for peer in &peers {
+        let mapping = index.lookup(peer);
         // A daemon listing itself (a self-dial) is nobody's record to act on.
-        let record = index.lookup(peer).filter(|r| r.id != params.own_id);
+        let record = mapping.other_than(&params.own_id);
         let reason = match record {
             Some(r) if r.state == NodeState::Draining => Some(DisconnectReason::Draining),
             Some(r) => {
                 links.entry(&r.id).or_default().push(peer);
                 None
             }
-            None if params.strict_peers && fresh_view => Some(DisconnectReason::Unregistered),
+            // Never disconnect on an ambiguous mapping, even with --strict-peers: the peer may
+            // well be registered.
+            None if params.strict_peers && fresh_view && !matches!(mapping, Mapping::Ambiguous) => {
+                Some(DisconnectReason::Unregistered)
+            }
             None => {
                 out.unmapped += 1;
                 keep.push((peer, None));
@@ -289,8 +296,7 @@ pub fn connected_ids(
     let index = RecordIndex::new(view);
     observed
         .iter()
-        .filter_map(|p| index.lookup(p))
-        .filter(|r| &r.id != own)
+        .filter_map(|p| index.lookup(p).other_than(own))
         .map(|r| r.id.clone())
         .collect()
 }
@@ -309,7 +315,7 @@ fn degree_in(index: &RecordIndex<'_>, observed: &[Peer], own: &NodeId) -> usize 
     let mut ids = BTreeSet::new();
     let mut others = 0;
     for peer in observed.iter().filter(|p| addrs.insert(p.addr)) {
-        match index.lookup(peer).filter(|r| &r.id != own) {
+        match index.lookup(peer).other_than(own) {
             Some(r) => {
                 ids.insert(&r.id);
             }
@@ -319,23 +325,73 @@ fn degree_in(index: &RecordIndex<'_>, observed: &[Peer], own: &NodeId) -> usize 
     ids.len() + others
 }
 
-/// Maps daemon peers to records by `p2p` address or identity.
+/// What a peer the daemon lists maps to.
+#[derive(Debug, Clone, Copy)]
+enum Mapping<'v> {
+    /// No record has its address or identity.
+    Unknown,
+    /// This record.
+    Record(&'v NodeRecord),
+    /// Several records claim it (an address reused by a new node while an old record lingers,
+    /// a copied identity label) and none is clearly the one: the peer is left alone.
+    Ambiguous,
+}
+
+impl<'v> Mapping<'v> {
+    /// Of the records claiming one address or identity: a single one, else the single one not
+    /// `draining` — a lingering draining record must not capture a live peer and get it
+    /// disconnected — else ambiguous.
+    fn among(claims: Option<&Vec<&'v NodeRecord>>) -> Self {
+        match claims.map(Vec::as_slice).unwrap_or_default() {
+            [] => Self::Unknown,
+            [one] => Self::Record(one),
+            several => {
+                let mut live = several.iter().filter(|r| r.state != NodeState::Draining);
+                match (live.next(), live.next()) {
+                    (Some(one), None) => Self::Record(one),
+                    _ => Self::Ambiguous,
+                }
+            }
+        }
+    }
+
+    /// The record, unless it is `own` (a daemon listing itself is nobody's record to act on).
+    fn other_than(self, own: &NodeId) -> Option<&'v NodeRecord> {
+        match self {
+            Self::Record(r) if &r.id != own => Some(r),
+            _ => None,
+        }
+    }
+}
+
+/// Maps daemon peers to records by `p2p` address or identity; several records claiming one
+/// key are resolved by [`Mapping::among`], never by "last one wins".
 struct RecordIndex<'v> {
-    by_addr: BTreeMap<SocketAddr, &'v NodeRecord>,
-    by_identity: BTreeMap<&'v str, &'v NodeRecord>,
+    by_addr: BTreeMap<SocketAddr, Vec<&'v NodeRecord>>,
+    by_identity: BTreeMap<&'v str, Vec<&'v NodeRecord>>,
 }
 
 impl<'v> RecordIndex<'v> {
     fn new(view: &'v MembershipSnapshot) -> Self {
+        fn claim<'v, K: Ord>(
+            map: &mut BTreeMap<K, Vec<&'v NodeRecord>>,
+            key: K,
+            r: &'v NodeRecord,
+        ) {
+            let claims = map.entry(key).or_default();
+            if !claims.iter().any(|c| c.id == r.id) {
+                claims.push(r);
+            }
+        }
         let mut by_addr = BTreeMap::new();
         let mut by_identity = BTreeMap::new();
         for r in view.records.values() {
             if let Some(p2p) = r.p2p() {
-                by_addr.insert(p2p.addr(), r);
+                claim(&mut by_addr, p2p.addr(), r);
             }
-            by_identity.insert(r.id.as_str(), r);
+            claim(&mut by_identity, r.id.as_str(), r);
             if let Some(v) = identity_label(r) {
-                by_identity.insert(v, r);
+                claim(&mut by_identity, v, r);
             }
         }
         Self {
@@ -344,15 +400,20 @@ impl<'v> RecordIndex<'v> {
         }
     }
 
-    fn lookup(&self, peer: &Peer) -> Option<&'v NodeRecord> {
-        self.by_addr
-            .get(&peer.addr)
-            .or_else(|| {
-                peer.identity
-                    .as_deref()
-                    .and_then(|i| self.by_identity.get(i))
-            })
-            .copied()
+    /// By address first; when the address maps to nothing or is ambiguous, by identity.
+    fn lookup(&self, peer: &Peer) -> Mapping<'v> {
+        let by_addr = Mapping::among(self.by_addr.get(&peer.addr));
+        if let Mapping::Record(_) = by_addr {
+            return by_addr;
+        }
+        let by_identity = peer.identity.as_deref().map_or(Mapping::Unknown, |i| {
+            Mapping::among(self.by_identity.get(i))
+        });
+        match (by_addr, by_identity) {
+            (_, Mapping::Record(r)) => Mapping::Record(r),
+            (Mapping::Ambiguous, _) | (_, Mapping::Ambiguous) => Mapping::Ambiguous,
+            _ => Mapping::Unknown,
+        }
     }
 }
 

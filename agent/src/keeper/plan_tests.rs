@@ -507,3 +507,86 @@ fn readiness_degree_counts_distinct_peers_exactly_as_the_keeper_does() {
         assert_eq!(p.degree, want, "{name}: the keeper's degree");
     }
 }
+
+/// One row: name, view, the one peer listed, params, the record it maps to, disconnect reasons.
+type Row = (
+    &'static str,
+    MembershipSnapshot,
+    Peer,
+    PlanParams,
+    Option<&'static str>,
+    Vec<DisconnectReason>,
+);
+
+/// Regression: the peer-to-record index was "last one wins", so a lingering `draining` record
+/// sharing a live peer's address (IP reuse) or identity label could capture it and get it
+/// disconnected. Now the single non-draining claim wins, and an ambiguous peer is left alone.
+#[test]
+fn a_draining_record_sharing_an_address_or_identity_never_gets_a_live_peer_disconnected() {
+    // n1..n3 at 10.0.0.2..4; `extra` records claim some of their addresses or identities.
+    fn with(extra: &[(&str, u8, NodeState, Option<&str>)]) -> MembershipSnapshot {
+        let mut v = view(&[Ready, Ready, Ready]);
+        if let Some(r) = v.records.get_mut(&id("n2")) {
+            r.labels.insert("enode".into(), "abc".into());
+        }
+        for (i, (name, at, state, enode)) in extra.iter().enumerate() {
+            let mut r = record(name, 20 + u8::try_from(i).expect("small"), *state);
+            r.endpoints = BTreeMap::from([(
+                "p2p".parse().expect("valid"),
+                addr(*at).to_string().parse().expect("valid"),
+            )]);
+            if let Some(e) = enode {
+                r.labels.insert("enode".into(), (*e).into());
+            }
+            v.records.insert(r.id.clone(), r);
+        }
+        v
+    }
+    let by_identity = |port: u16, who: &str| Peer {
+        addr: SocketAddr::from(([10, 9, 9, 9], port)),
+        direction: Some(Direction::Inbound),
+        identity: Some(who.into()),
+    };
+    let strict = |k: usize| PlanParams {
+        strict_peers: true,
+        ..params(k, 6)
+    };
+    #[rustfmt::skip]
+    let rows: Vec<Row> = vec![
+        ("draining record on a live node's address",  with(&[("old", 2, Draining, None)]),
+            peer(2, None), params(1, 6), Some("n1"), vec![]),
+        ("both orders of insertion agree",           with(&[("a-old", 2, Draining, None)]),
+            peer(2, None), params(1, 6), Some("n1"), vec![]),
+        ("two live records on one address",          with(&[("twin", 2, Ready, None)]),
+            peer(2, None), strict(1), None, vec![]),
+        ("two draining records on one address",      with(&[("d1", 9, Draining, None), ("d2", 9, Draining, None)]),
+            peer(9, None), strict(1), None, vec![]),
+        ("draining record copying an identity",      with(&[("old", 9, Draining, Some("abc"))]),
+            by_identity(1, "abc"), params(1, 6), Some("n2"), vec![]),
+        ("two live records sharing an identity",     with(&[("twin", 9, Ready, Some("abc"))]),
+            by_identity(1, "abc"), strict(1), None, vec![]),
+        ("ambiguous address, unique identity",       with(&[("twin", 2, Ready, None)]),
+            Peer { identity: Some("n3".into()), ..peer(2, None) }, params(1, 6), Some("n3"), vec![]),
+        ("a lone draining record still goes",        with(&[("old", 9, Draining, None)]),
+            peer(9, None), params(1, 6), None, vec![DisconnectReason::Draining]),
+    ];
+    for (name, v, observed, p, want_mapped, want_disconnects) in rows {
+        let plan = plan(
+            std::slice::from_ref(&observed),
+            &v,
+            &p,
+            &KeeperState::default(),
+            Instant::now(),
+        );
+        let mapped: Vec<String> = plan.mapped.keys().map(ToString::to_string).collect();
+        assert_eq!(
+            mapped,
+            want_mapped.into_iter().collect::<Vec<_>>(),
+            "{name}"
+        );
+        let reasons: Vec<DisconnectReason> =
+            disconnects(&plan).into_iter().map(|(_, r)| r).collect();
+        assert_eq!(reasons, want_disconnects, "{name}");
+        assert_eq!(plan.degree, 1, "{name}: one peer either way");
+    }
+}
