@@ -257,8 +257,8 @@ fn heavy_e2e_rolling_restart_no_failed_request_no_sigkill_draining_first() {
 /// difference, no health checks), the same agents and nodes. It measures what that loses;
 /// the assertions are the procedures' own (registry, peers, drains), not zero failures.
 #[test]
-fn heavy_e2e_baseline_wavelet_style_lb_scale_and_rolling_restart_measured() {
-    const TEST: &str = "heavy_e2e_baseline_wavelet_style_lb_scale_and_rolling_restart_measured";
+fn heavy_e2e_full_baseline_wavelet_style_lb_scale_and_rolling_restart_measured() {
+    const TEST: &str = "heavy_e2e_full_baseline_wavelet_style_lb_scale_and_rolling_restart_measured";
     let Some(stack) = demo(TEST, "old", &["compose/e2e-wavelet-lb.yml"], &[]) else {
         return;
     };
@@ -981,9 +981,9 @@ fn swarm_registry_matches(stack: &SwarmStack, deadline: Duration) -> BTreeSet<St
 /// Scenario 8: the Swarm stack on a single-node swarm: 6 node replicas healthy, the lb serves,
 /// `docker service update --force` (a rolling update) with no failed request.
 #[test]
-fn heavy_e2e_swarm_six_replicas_healthy_lb_serves_rolling_update_no_failed_request() {
+fn heavy_e2e_full_swarm_six_replicas_healthy_lb_serves_rolling_update_no_failed_request() {
     const TEST: &str =
-        "heavy_e2e_swarm_six_replicas_healthy_lb_serves_rolling_update_no_failed_request";
+        "heavy_e2e_full_swarm_six_replicas_healthy_lb_serves_rolling_update_no_failed_request";
     const REPLICAS: usize = 6;
     if !docker_available(TEST) {
         return;
