@@ -533,3 +533,49 @@ fn liveness_stays_ok_while_the_daemon_is_stopped_after_the_id_was_taken() {
         second.log()
     );
 }
+
+/// Regression: a TERM (or INT) arriving while the agent was still resolving its addresses was
+/// acted on only after the daemon had been spawned. Now the daemon is never started, and the
+/// agent exits 128 + signal at once.
+#[test]
+fn a_shutdown_request_during_address_resolution_exits_without_starting_the_daemon() {
+    let etcd = Etcd::start();
+    for (signal, code) in [(Signal::SIGTERM, 143), (Signal::SIGINT, 130)] {
+        // A metadata service that accepts connections and never answers: resolution hangs for
+        // its timeouts.
+        let imds = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let imds_url = format!("http://{}", imds.local_addr().expect("addr"));
+        let (asked, asked_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            for conn in imds.incoming().flatten() {
+                held.push(conn);
+                let _ = asked.send(());
+            }
+        });
+        let daemon = sh("touch started; exec sleep 600");
+        let mut agent = AgentProc::start(
+            &etcd.endpoint(),
+            "n-early-term",
+            &[
+                "--advertise",
+                "ec2:public-ipv4,ip:127.0.0.1",
+                "--imds-endpoint",
+                &imds_url,
+            ],
+            &strs(&daemon),
+        );
+        asked_rx
+            .recv_timeout(DEADLINE)
+            .expect("the agent asked the metadata service");
+        agent.signal(signal);
+        let status = agent.wait_exit(DEADLINE);
+        assert_eq!(status.code(), Some(code), "{signal}: log:\n{}", agent.log());
+        assert!(
+            !agent.log().contains("daemon started"),
+            "{signal}: daemon spawned after the request; log:\n{}",
+            agent.log()
+        );
+        assert!(!agent.path("started").exists(), "{signal}: daemon ran");
+    }
+}

@@ -6,7 +6,8 @@
 //!    an unhandled TERM would be dropped by the kernel).
 //! 2. Addresses are resolved and the health listener bound *before* the daemon starts: the
 //!    daemon is told its addresses on its command line, and a node without health checks must
-//!    fail at start rather than run unobserved.
+//!    fail at start rather than run unobserved. A TERM/INT received until then ends the start
+//!    without spawning the daemon (exit 128 + signal).
 //! 3. The daemon is spawned; etcd is not needed for that (an etcd outage at start must not keep
 //!    the node down). The membership view starts at once; the registration starts when the
 //!    daemon first answers, as `starting`.

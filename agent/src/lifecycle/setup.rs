@@ -12,7 +12,7 @@ use peerkeep_registry::{
     AddressPolicy, Endpoint, EndpointName, EtcdOptions, Keyspace, Membership, NodeId, NodeRecord,
     NodeState, RecordError, Slot,
 };
-use peerkeep_supervise::Supervisor;
+use peerkeep_supervise::{ShutdownRequest, Supervisor};
 use tokio::sync::watch;
 
 use super::daemon::{self, DaemonProbe};
@@ -95,7 +95,11 @@ pub async fn run(args: RunArgs) -> Result<i32, RunError> {
     endpoints::check_unique(&args.endpoints)?;
     let node_adapter = adapter::build(&args.adapter.to_config())?;
 
-    let addrs = Addresses::resolve(&args.addresses, policy).await?;
+    // Resolution can take seconds (EC2 metadata timeouts): a TERM meanwhile ends the start.
+    let addrs = tokio::select! {
+        r = Addresses::resolve(&args.addresses, policy) => r?,
+        req = requests.at_least(1) => return Ok(stopped_before_start(req)),
+    };
     addrs.log();
     let record_endpoints = published_endpoints(&args, &addrs, policy)?;
     let facts = DaemonFacts {
@@ -137,6 +141,10 @@ pub async fn run(args: RunArgs) -> Result<i32, RunError> {
     // there is a daemon to stop.
     check_record_size(&reg_config, &reg_info)?;
 
+    // A TERM/INT that came in while starting up: do not start a daemon only to stop it.
+    if requests.received() > 0 {
+        return Ok(stopped_before_start(requests.at_least(1).await));
+    }
     let mut cmd = daemon::command(&args.daemon, &facts).ok_or(RunError::NoDaemon)?;
     let child = sup.spawn(&mut cmd)?;
     sup.forward_to(&child);
@@ -195,6 +203,13 @@ pub async fn run(args: RunArgs) -> Result<i32, RunError> {
     let result = agent.run().await;
     drop(membership);
     result
+}
+
+/// The exit code when a shutdown was requested before the daemon was spawned: 128 + the
+/// signal, as if the agent had been killed by it (143 for TERM, 130 for INT).
+fn stopped_before_start(req: ShutdownRequest) -> i32 {
+    tracing::info!(signal = %req.signal, "shutdown requested while starting up; the daemon is not started");
+    128 + req.signal as i32
 }
 
 /// The record's endpoints, each passing the address policy (an explicit `--endpoint` host is
