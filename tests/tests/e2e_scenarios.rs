@@ -258,7 +258,8 @@ fn heavy_e2e_rolling_restart_no_failed_request_no_sigkill_draining_first() {
 /// the assertions are the procedures' own (registry, peers, drains), not zero failures.
 #[test]
 fn heavy_e2e_full_baseline_wavelet_style_lb_scale_and_rolling_restart_measured() {
-    const TEST: &str = "heavy_e2e_full_baseline_wavelet_style_lb_scale_and_rolling_restart_measured";
+    const TEST: &str =
+        "heavy_e2e_full_baseline_wavelet_style_lb_scale_and_rolling_restart_measured";
     let Some(stack) = demo(TEST, "old", &["compose/e2e-wavelet-lb.yml"], &[]) else {
         return;
     };
