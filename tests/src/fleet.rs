@@ -64,21 +64,42 @@ impl FleetNode {
         let log = std::fs::File::create(dir.path().join("agent.log")).expect("log");
         let mut cmd = Command::new(workspace_bin("peerkeep-agent"));
         cmd.arg("run")
-            .args(["--etcd-endpoints", etcd, "--node-id", id, "--allow-loopback"])
-            .args(["--advertise", "ip:127.0.0.1", "--private-addr", "ip:127.0.0.1"])
+            .args([
+                "--etcd-endpoints",
+                etcd,
+                "--node-id",
+                id,
+                "--allow-loopback",
+            ])
+            .args([
+                "--advertise",
+                "ip:127.0.0.1",
+                "--private-addr",
+                "ip:127.0.0.1",
+            ])
             .args(["--health-listen", &health.to_string()])
             .args(["--lease-ttl", &cfg.lease_ttl])
             .args(["--min-peers", &cfg.min_peers.to_string()])
             .args(["--drain-delay", "200ms", "--stop-timeout", "5s"])
             .args(["--endpoint", &format!("p2p=:{}", p2p.port())])
             .args(["--endpoint", &format!("api=:{}", api.port())])
-            .args(["--adapter", "wavelet", "--node-api", &format!("http://{api}")])
+            .args([
+                "--adapter",
+                "wavelet",
+                "--node-api",
+                &format!("http://{api}"),
+            ])
             .args(["--node-api-token-file", &token_file])
             .args(&cfg.agent_args)
             .arg("--")
             .arg(workspace_bin("devnode"))
             .args(["--id", "{node_id}"])
-            .args(["--p2p-listen", &p2p.to_string(), "--api-listen", &api.to_string()])
+            .args([
+                "--p2p-listen",
+                &p2p.to_string(),
+                "--api-listen",
+                &api.to_string(),
+            ])
             .args(["--api-token-file", &token_file]);
         if producer {
             cmd.args(["--produce-every", "1s"]);
@@ -87,7 +108,9 @@ impl FleetNode {
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("dup log"))
             .stderr(log);
-        let child = die_with_test(&mut cmd).spawn().expect("spawn peerkeep-agent");
+        let child = die_with_test(&mut cmd)
+            .spawn()
+            .expect("spawn peerkeep-agent");
         Self {
             id: id.to_owned(),
             p2p,
