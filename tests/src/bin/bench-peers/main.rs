@@ -177,6 +177,7 @@ async fn bench(args: Args) -> anyhow::Result<()> {
         }
         for run in 0..args.runs {
             for &policy in &policies {
+                check_alive(&etcd)?;
                 let cfg = RunConfig {
                     policy,
                     nodes: n,
@@ -285,6 +286,22 @@ fn progress(cfg: &RunConfig, run: usize, runs: usize, r: &scenario::RunResult) -
         ));
     }
     line
+}
+
+/// Fails when the bench's etcd is gone: something outside killed it (on a shared machine, another
+/// test run's clean-up), and every later run would measure a fleet without a registry.
+fn check_alive(etcd: &Etcd) -> anyhow::Result<()> {
+    let pid = etcd.pid().context("etcd is not running")?;
+    let state = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(") ")?.1.chars().next());
+    match state {
+        Some(s) if s != 'Z' && s != 'X' => Ok(()),
+        _ => bail!(
+            "etcd (pid {pid}) was killed from outside the bench (another test run's clean-up?); \
+             stopping without results"
+        ),
+    }
 }
 
 /// Fails early, with what to do, when a binary the bench starts is missing.
