@@ -35,6 +35,9 @@ pub struct PeerObservation {
     pub peers: Vec<Peer>,
     /// The daemon's own sync claim, when it makes one.
     pub synced: Option<bool>,
+    /// When the probe that listed them started: links the daemon reported up before this
+    /// must be in the list.
+    pub listed_at: Instant,
 }
 
 /// The channel carrying observations: `None` while the daemon does not answer.
@@ -156,7 +159,9 @@ impl PeerKeeper {
         let now = Instant::now();
         let own = &self.config.params.own_id;
         let connected = connected_ids(peers, &view, own);
-        let expired = self.state.observe(&connected, now, jitter());
+        let expired = self
+            .state
+            .observe(&connected, observation.listed_at, now, jitter());
         for id in &expired {
             self.counters.connect_failures.inc();
             tracing::info!(peer_id = %id, "connect not confirmed before its deadline; backing off");
@@ -207,6 +212,9 @@ impl PeerKeeper {
             match result {
                 Ok(outcome) => {
                     tracing::info!(peer_id = %id, peer = %addr, degree, outcome = ?outcome, reason = "below min peers", "connect");
+                    if outcome != ConnectOutcome::Pending {
+                        self.state.connect_established(&id, Instant::now());
+                    }
                     if outcome == ConnectOutcome::AlreadyConnected {
                         // Listed under another address: the next listing confirms or expires it.
                         tracing::debug!(peer_id = %id, "daemon says already connected");
@@ -401,6 +409,7 @@ mod tests {
             self.observe.send_replace(Some(Arc::new(PeerObservation {
                 peers,
                 synced: None,
+                listed_at: Instant::now(),
             })));
         }
     }

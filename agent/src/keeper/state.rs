@@ -34,6 +34,9 @@ pub struct Pending {
     pub addr: Endpoint,
     /// After this instant the connect is considered failed.
     pub deadline: Instant,
+    /// When the daemon said the link was up (`Established`, `AlreadyConnected`): a listing
+    /// taken after that which does not show the peer means the link is already gone.
+    pub established_at: Option<Instant>,
 }
 
 /// Consecutive failures of one candidate and when it may be tried again.
@@ -69,14 +72,18 @@ impl KeeperState {
         }
     }
 
-    /// Folds in a fresh peer listing: pending connects that now show up as connected are
-    /// confirmed; those past their deadline count as failures. A peer that was connected and is
-    /// gone also backs off before it is dialed again: whoever dropped the link (the peer trimming
-    /// above its maximum, the peer dying) would otherwise be redialed at once, and two nodes
-    /// that disagree would flap. Returns the ids whose pending connect expired.
+    /// Folds in a fresh peer listing, taken at `listed_at`: pending connects that now show up as
+    /// connected are confirmed; those past their deadline count as failures, and so do those
+    /// the daemon reported established before the listing was taken but that it does not list
+    /// (the other side dropped the link at once, e.g. trimming above its maximum) — waiting out
+    /// the deadline for them would hold the node below K for nothing. A peer that was connected
+    /// and is gone also backs off before it is dialed again: whoever dropped the link would
+    /// otherwise be redialed at once, and two nodes that disagree would flap. Returns the ids
+    /// whose pending connect failed this way.
     pub fn observe(
         &mut self,
         connected: &BTreeSet<NodeId>,
+        listed_at: Instant,
         now: Instant,
         jitter: f64,
     ) -> Vec<NodeId> {
@@ -94,7 +101,7 @@ impl KeeperState {
         let expired: Vec<NodeId> = self
             .pending
             .iter()
-            .filter(|(_, p)| p.deadline <= now)
+            .filter(|(_, p)| p.deadline <= now || p.established_at.is_some_and(|t| t <= listed_at))
             .map(|(id, _)| id.clone())
             .collect();
         for id in &expired {
@@ -106,7 +113,21 @@ impl KeeperState {
 
     /// Remembers a connect just issued.
     pub fn connect_started(&mut self, id: NodeId, addr: Endpoint, deadline: Instant) {
-        self.pending.insert(id, Pending { addr, deadline });
+        self.pending.insert(
+            id,
+            Pending {
+                addr,
+                deadline,
+                established_at: None,
+            },
+        );
+    }
+
+    /// The daemon answered that the link to `id` is up, at `at`.
+    pub fn connect_established(&mut self, id: &NodeId, at: Instant) {
+        if let Some(p) = self.pending.get_mut(id) {
+            p.established_at = Some(at);
+        }
     }
 
     /// A connect failed: drop it from the in-flight set and back off exponentially.
@@ -164,7 +185,7 @@ mod tests {
         let now = Instant::now();
         let mut st = KeeperState::default();
         st.connect_started(id("b"), ep("10.0.0.2:1"), now + Duration::from_secs(5));
-        let expired = st.observe(&BTreeSet::from([id("b")]), now, 0.0);
+        let expired = st.observe(&BTreeSet::from([id("b")]), now, now, 0.0);
         assert!(expired.is_empty());
         assert!(st.pending.is_empty());
         assert!(!st.is_backing_off(&id("b"), now));
@@ -176,34 +197,55 @@ mod tests {
         let mut st = KeeperState::default();
         st.connect_started(id("b"), ep("10.0.0.2:1"), now + Duration::from_secs(5));
         assert!(
-            st.observe(&BTreeSet::new(), now + Duration::from_secs(4), 0.0)
-                .is_empty()
+            st.observe(
+                &BTreeSet::new(),
+                now + Duration::from_secs(4),
+                now + Duration::from_secs(4),
+                0.0
+            )
+            .is_empty()
         );
         let later = now + Duration::from_secs(5);
-        assert_eq!(st.observe(&BTreeSet::new(), later, 0.0), vec![id("b")]);
+        assert_eq!(
+            st.observe(&BTreeSet::new(), later, later, 0.0),
+            vec![id("b")]
+        );
         assert!(st.is_backing_off(&id("b"), later));
         assert!(!st.is_backing_off(&id("b"), later + Duration::from_secs(1)));
+    }
+
+    #[test]
+    fn an_established_connect_missing_from_a_later_listing_fails_at_once() {
+        let now = Instant::now();
+        let mut st = KeeperState::default();
+        st.connect_started(id("b"), ep("10.0.0.2:1"), now + Duration::from_secs(10));
+        st.connect_established(&id("b"), now + Duration::from_millis(10));
+        // A listing taken before the daemon answered proves nothing.
+        assert!(
+            st.observe(&BTreeSet::new(), now, now + Duration::from_millis(20), 0.0)
+                .is_empty()
+        );
+        // One taken after it, without the peer: the other side dropped the link.
+        let later = now + Duration::from_millis(500);
+        assert_eq!(
+            st.observe(&BTreeSet::new(), later, later, 0.0),
+            vec![id("b")]
+        );
+        assert!(st.is_backing_off(&id("b"), later));
     }
 
     #[test]
     fn a_lost_peer_backs_off_before_it_is_redialed() {
         let now = Instant::now();
         let mut st = KeeperState::default();
-        st.observe(&BTreeSet::from([id("b"), id("c")]), now, 0.0);
-        st.observe(&BTreeSet::from([id("c")]), now, 0.0);
+        st.observe(&BTreeSet::from([id("b"), id("c")]), now, now, 0.0);
+        st.observe(&BTreeSet::from([id("c")]), now, now, 0.0);
         assert!(st.is_backing_off(&id("b"), now));
         assert!(!st.is_backing_off(&id("c"), now));
         // Lost again right after the next connect: the wait grows.
-        st.observe(
-            &BTreeSet::from([id("b"), id("c")]),
-            now + Duration::from_secs(2),
-            0.0,
-        );
-        st.observe(
-            &BTreeSet::from([id("c")]),
-            now + Duration::from_secs(2),
-            0.0,
-        );
+        let t = now + Duration::from_secs(2);
+        st.observe(&BTreeSet::from([id("b"), id("c")]), t, t, 0.0);
+        st.observe(&BTreeSet::from([id("c")]), t, t, 0.0);
         assert_eq!(st.backoff[&id("b")].failures, 2);
     }
 

@@ -27,6 +27,7 @@ impl Agent {
     pub(super) async fn probe_round(&mut self) -> Result<(), RunError> {
         // A slow probe must not delay a shutdown or a daemon exit: both are level-triggered,
         // so the loop's next select sees them at once.
+        let probe_started = Instant::now();
         let result = tokio::select! {
             r = self.probe.check() => r,
             _ = self.requests.at_least(1) => return Ok(()),
@@ -64,6 +65,7 @@ impl Agent {
                         Arc::new(PeerObservation {
                             peers,
                             synced: report.synced,
+                            listed_at: probe_started,
                         })
                     }));
                 self.status.send_modify(|s| {
