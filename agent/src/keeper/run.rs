@@ -25,6 +25,10 @@ use super::plan::{Action, DisconnectReason, PlanParams, connected_ids, plan};
 use super::state::{BackoffPolicy, KeeperState};
 use crate::adapter::{ConnectOutcome, NodeAdapter, Peer};
 
+/// Plans per round when connects fail at once: bounds the work of one round while a handful of
+/// dead candidates are skipped without waiting for the next poll.
+const REPLANS_PER_ROUND: usize = 4;
+
 /// How long a connect may stay unconfirmed by a peer listing before it counts as failed.
 pub const DEFAULT_CONNECT_DEADLINE: Duration = Duration::from_secs(10);
 
@@ -170,19 +174,40 @@ impl PeerKeeper {
         if view.initialized && view.stale_since.is_none() {
             self.state.retain_known(&known);
         }
+        let draining = own_draining(&view, own);
         let mut decision = plan(peers, &view, &self.config.params, &self.state, now);
-        if own_draining(&view, own) {
-            // A draining node's peers are leaving it; dialing them again would only flap.
+        for _ in 0..REPLANS_PER_ROUND {
+            if draining {
+                // A draining node's peers are leaving it; dialing them again would only flap.
+                decision
+                    .actions
+                    .retain(|a| !matches!(a, Action::Connect { .. }));
+            }
+            let failed = self.apply(&decision.actions, peers).await;
+            if failed == 0 {
+                break;
+            }
+            // Connects that failed at once (a crashed node still registered until its lease
+            // expires) now back off: plan again so the next candidates are dialed in this
+            // round, not one poll later. Only connects remain: disconnects were applied.
+            decision = plan(
+                peers,
+                &view,
+                &self.config.params,
+                &self.state,
+                Instant::now(),
+            );
             decision
                 .actions
-                .retain(|a| !matches!(a, Action::Connect { .. }));
+                .retain(|a| matches!(a, Action::Connect { .. }));
         }
-        self.apply(&decision.actions, peers).await;
         self.publish(&decision, now);
     }
 
-    async fn apply(&mut self, actions: &[Action], peers: &[Peer]) {
+    /// Applies the actions; returns how many connects failed at once.
+    async fn apply(&mut self, actions: &[Action], peers: &[Peer]) -> usize {
         let now = Instant::now();
+        let mut failed = 0;
         let mut connects = Vec::new();
         for action in actions {
             match action {
@@ -224,9 +249,11 @@ impl PeerKeeper {
                     self.counters.connect_failures.inc();
                     tracing::info!(peer_id = %id, peer = %addr, error = %e, "connect failed; backing off");
                     self.state.record_failure(&id, Instant::now(), jitter());
+                    failed += 1;
                 }
             }
         }
+        failed
     }
 
     fn publish(&self, decision: &super::plan::Plan, now: Instant) {
@@ -450,6 +477,21 @@ mod tests {
         h.keeper.round().await;
         assert_eq!(h.counters.connects.get(), 2, "both candidates back off");
         assert_eq!(h.keeper.status.borrow().backoffs.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn candidates_failing_at_once_are_replaced_within_the_same_round() {
+        // K = 2 and four candidates that all refuse (crashed, still registered): one round
+        // tries all four instead of two per poll.
+        let daemon = Arc::new(FakeDaemon {
+            fail_connects: true,
+            ..FakeDaemon::default()
+        });
+        let mut h = Harness::new(daemon.clone(), &[NodeState::Ready; 4]);
+        h.sees(&[]);
+        h.keeper.round().await;
+        assert_eq!(h.counters.connects.get(), 4);
+        assert_eq!(h.counters.connect_failures.get(), 4);
     }
 
     #[tokio::test]
