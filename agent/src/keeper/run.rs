@@ -168,7 +168,7 @@ impl PeerKeeper {
             .observe(&connected, observation.listed_at, now, jitter());
         for id in &expired {
             self.counters.connect_failures.inc();
-            tracing::info!(peer_id = %id, "connect not confirmed before its deadline; backing off");
+            tracing::info!(peer_id = %id, "connect not confirmed by the daemon's peer list; backing off");
         }
         let known: BTreeSet<NodeId> = view.records.keys().cloned().collect();
         if view.initialized && view.stale_since.is_none() {
