@@ -18,12 +18,20 @@ use nix::unistd::Pid;
 /// picked for a node that has not started yet can be taken by someone's outgoing connection
 /// before the node binds it. Picking at random below the ephemeral range avoids that, and the
 /// randomness keeps parallel test processes apart.
+///
+/// A port is never handed out twice by one process: a fleet picks all its ports before its nodes
+/// bind them, and with 150 random picks a repeat would otherwise be likely (the birthday
+/// problem), failing a node at start with "address already in use".
 pub fn free_port() -> u16 {
+    static HANDED_OUT: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
     let (eph_lo, _) = ephemeral_range();
     let hi = eph_lo.clamp(11_000, 32_768);
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
     for _ in 0..1000 {
         let port = rand::random_range(10_000..hi);
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+        if !handed_out.contains(&port) && TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            handed_out.insert(port);
             return port;
         }
     }
